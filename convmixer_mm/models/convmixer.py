@@ -1,0 +1,238 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""The ConvMixer backbone, trainable and checkpoint-compatible."""
+import contextlib
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmpretrain.registry import MODELS
+
+
+class Residual(nn.Module):
+    """``x + drop_path(fn(x))``, nested as ``fn`` like the official code."""
+
+    def __init__(self, fn: nn.Module, drop_path_rate: float = 0.) -> None:
+        super().__init__()
+        self.fn = fn
+        self.drop_path = (
+            DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.fn(x))
+
+
+def depthwise_conv(dims: int, kernel_size: int) -> nn.Conv2d:
+    """A depthwise conv with the official ``padding='same'``.
+
+    For odd kernels symmetric integer padding is the same arithmetic and
+    takes PyTorch's fast path. Even kernels keep ``'same'``, which pads one
+    more pixel on the right and bottom, exactly as the official model.
+    """
+    padding = kernel_size // 2 if kernel_size % 2 else 'same'
+    return nn.Conv2d(
+        dims, dims, kernel_size, groups=dims, padding=padding, bias=True)
+
+
+@contextlib.contextmanager
+def _keep_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Freeze BN running statistics while a checkpoint recomputes.
+
+    Recomputation runs BN forward a second time; without this the running
+    mean and variance would take the momentum step twice per iteration.
+    """
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+@MODELS.register_module()
+class ConvMixerMM(BaseModule):
+    """ConvMixer backbone.
+
+    A trainable implementation of `Patches Are All You Need?
+    <https://arxiv.org/abs/2201.09792>`_, following the `official code
+    <https://github.com/locuslab/convmixer>`_ layer for layer, so that
+    official, timm and mmpretrain checkpoints map by prefix.
+
+    Args:
+        arch (str | dict): One of ``'768/32'``, ``'1024/20'``, ``'1536/20'``,
+            or a dict with the keys ``embed_dims``, ``depth``,
+            ``patch_size`` and ``kernel_size``. Defaults to ``'768/32'``.
+        in_channels (int): Number of input image channels. Defaults to 3.
+        norm_cfg (dict): Config of the norm layers.
+            Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Config of the activation after every conv. The
+            released 768/32 weights need ``dict(type='ReLU')``.
+            Defaults to ``dict(type='GELU')``.
+        out_indices (int | Sequence[int]): Blocks whose outputs are
+            returned; negative values count from the end. Defaults to -1.
+        frozen_stages (int): -1 freezes nothing, 0 the stem, ``k`` the stem
+            and the first ``k`` blocks. Defaults to -1.
+        drop_path_rate (float): Stochastic depth rate on the residual
+            branches, increasing linearly with depth. Defaults to 0, as in
+            the paper.
+        with_cp (bool): Use gradient checkpointing on each block to save
+            memory. Outputs, gradients and BN statistics are unchanged.
+            Defaults to False.
+        init_cfg (dict | list[dict], optional): Initialization config.
+            Defaults to None, PyTorch's default init as in the official
+            code.
+
+    Example:
+        >>> import torch
+        >>> from convmixer_mm.models import ConvMixerMM
+        >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=3)
+        >>> model = ConvMixerMM(arch=arch, out_indices=(0, 1)).eval()
+        >>> for out in model(torch.rand(1, 3, 32, 32)):
+        ...     print(tuple(out.shape))
+        (1, 16, 8, 8)
+        (1, 16, 8, 8)
+    """
+    arch_settings: Dict[str, Dict[str, int]] = {
+        '768/32': dict(embed_dims=768, depth=32, patch_size=7, kernel_size=7),
+        '1024/20': dict(
+            embed_dims=1024, depth=20, patch_size=14, kernel_size=9),
+        '1536/20': dict(
+            embed_dims=1536, depth=20, patch_size=7, kernel_size=9),
+    }
+    essential_keys = ('embed_dims', 'depth', 'patch_size', 'kernel_size')
+
+    def __init__(self,
+                 arch: Union[str, dict] = '768/32',
+                 in_channels: int = 3,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='GELU'),
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 frozen_stages: int = -1,
+                 drop_path_rate: float = 0.,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        self.embed_dims = arch['embed_dims']
+        self.depth = arch['depth']
+        self.patch_size = arch['patch_size']
+        self.kernel_size = arch['kernel_size']
+        self.in_channels = in_channels
+        self.out_indices = self._parse_out_indices(out_indices, self.depth)
+        if not -1 <= frozen_stages <= self.depth:
+            raise ValueError(
+                f'frozen_stages={frozen_stages} is out of range: use -1 '
+                f'(none), 0 (stem) or 1..{self.depth} (stem and that many '
+                'blocks).')
+        self.frozen_stages = frozen_stages
+        self.with_cp = with_cp
+
+        dims = self.embed_dims
+        self.stem = nn.Sequential(
+            nn.Conv2d(
+                in_channels, dims, self.patch_size, stride=self.patch_size),
+            build_activation_layer(act_cfg),
+            build_norm_layer(norm_cfg, dims)[1])
+        dpr = torch.linspace(0, drop_path_rate, self.depth).tolist()
+        self.stages = nn.Sequential(*[
+            nn.Sequential(
+                Residual(
+                    nn.Sequential(
+                        depthwise_conv(dims, self.kernel_size),
+                        build_activation_layer(act_cfg),
+                        build_norm_layer(norm_cfg, dims)[1]), dpr[i]),
+                nn.Conv2d(dims, dims, kernel_size=1),
+                build_activation_layer(act_cfg),
+                build_norm_layer(norm_cfg, dims)[1])
+            for i in range(self.depth)
+        ])
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> Dict[str, int]:
+        if isinstance(arch, str):
+            if arch not in cls.arch_settings:
+                raise ValueError(
+                    f'Unknown ConvMixer arch {arch!r}: choose one of '
+                    f'{sorted(cls.arch_settings)} or pass a dict with keys '
+                    f'{list(cls.essential_keys)}.')
+            return dict(cls.arch_settings[arch])
+        if not isinstance(arch, dict):
+            raise TypeError(
+                f'arch must be a str or a dict, got {type(arch).__name__}.')
+        missing = [k for k in cls.essential_keys if k not in arch]
+        if missing:
+            raise ValueError(
+                f'The ConvMixer arch dict is missing {missing}: it needs all '
+                f'of {list(cls.essential_keys)}.')
+        for key in cls.essential_keys:
+            if not isinstance(arch[key], int) or arch[key] <= 0:
+                raise ValueError(
+                    f'arch[{key!r}] must be a positive int, got '
+                    f'{arch[key]!r}.')
+        return {k: arch[k] for k in cls.essential_keys}
+
+    @staticmethod
+    def _parse_out_indices(out_indices: Union[int, Sequence[int]],
+                           depth: int) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        if not isinstance(out_indices, Sequence):
+            raise TypeError('out_indices must be an int or a sequence of '
+                            f'ints, got {type(out_indices).__name__}.')
+        parsed = []
+        for index in out_indices:
+            if not -depth <= index < depth:
+                raise ValueError(
+                    f'out_indices {index} is out of range for depth {depth}: '
+                    f'use values in [{-depth}, {depth - 1}].')
+            parsed.append(index % depth)
+        return tuple(parsed)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.stem, *self.stages[:self.frozen_stages]]
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'ConvMixerMM':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not (self.with_cp and torch.is_grad_enabled()):
+            return stage(x)
+        return cp.checkpoint(
+            stage,
+            x,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(),
+                                _keep_bn_stats(stage)))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'ConvMixerMM expects input of shape (B, {self.in_channels}, '
+                f'H, W), got {tuple(x.shape)}: set in_channels in the '
+                'backbone config to match the images (e.g. 1 for grayscale).')
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = self._run_stage(stage, x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
