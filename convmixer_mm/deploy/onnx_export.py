@@ -1,0 +1,315 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Export a classifier to ONNX and check the graph against PyTorch."""
+import os
+import os.path as osp
+import tempfile
+import warnings
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+from mmpretrain.registry import MODELS
+from ..engine import check_fits, load_checkpoint_file
+
+# The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
+# 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
+MIN_OPSET = 11
+DYNAMO_MIN_OPSET = 18
+MAX_OPSET = 23
+DEFAULT_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The exported graph disagrees with PyTorch or does not run."""
+
+
+class _Logits(nn.Module):
+    """Map a normalized image batch to class scores, for tracing."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.classifier(inputs, mode='tensor')
+
+
+def build_classifier(config: Union[str, Config],
+                     checkpoint: Optional[str] = None) -> nn.Module:
+    """Build the model of a config in eval mode, with strict weights.
+
+    Args:
+        config (str | Config): Config file or object.
+        checkpoint (str, optional): Checkpoint whose ``state_dict`` must
+            match the model key for key and shape for shape. Defaults to
+            None (random init).
+
+    Returns:
+        nn.Module: The classifier, on CPU, in eval mode.
+
+    Raises:
+        FileNotFoundError: The config does not exist.
+        CheckpointError: The checkpoint is missing, unreadable or does not
+            fit the model.
+    """
+    if isinstance(config, str):
+        if not osp.isfile(config):
+            raise FileNotFoundError(
+                f'Config {config!r} does not exist: pass the path of a '
+                'config file, e.g. configs/convmixer/...py.')
+        config = Config.fromfile(config)
+    # Read the checkpoint before building, so a wrong path fails at once.
+    state = None if checkpoint is None else load_checkpoint_file(checkpoint)
+    model_cfg = config.model.copy()
+    model_cfg.setdefault('data_preprocessor',
+                         config.get('data_preprocessor', None))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(model_cfg)
+    if state is not None:
+        check_fits(model, state, checkpoint, strict=True)
+        _load_checkpoint_to_model(model, state, strict=True)
+    return model.eval()
+
+
+def _input_channels(model: nn.Module) -> int:
+    """The image channels the classifier's first conv expects."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError('The model has no Conv2d to infer the input channels '
+                     'from: pass them in input_shape.')
+
+
+def _check_opset(opset: int) -> None:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(
+            f'opset={opset!r} is not supported: use an int in '
+            f'[{MIN_OPSET}, {MAX_OPSET}] ({DYNAMO_MIN_OPSET}+ uses the '
+            f'dynamo exporter, below it the TorchScript one).')
+
+
+def _check_output(out_file: str, overwrite: bool) -> str:
+    out_file = osp.abspath(out_file)
+    if not out_file.endswith('.onnx'):
+        raise ValueError(f'Output {out_file!r} must end with .onnx.')
+    if osp.isdir(out_file):
+        raise IsADirectoryError(
+            f'Output {out_file!r} is a directory: name an .onnx file.')
+    if osp.exists(out_file) and not overwrite:
+        raise FileExistsError(
+            f'Output {out_file!r} exists: remove it or pass overwrite=True '
+            '(--overwrite) to replace it.')
+    out_dir = osp.dirname(out_file)
+    if not osp.isdir(out_dir):
+        raise FileNotFoundError(
+            f'Output directory {out_dir!r} does not exist: create it first.')
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(
+            f'Output directory {out_dir!r} is not writable: choose another '
+            'output path.')
+    return out_file
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int,
+            dynamic_batch: bool) -> None:
+    names = dict(input_names=['input'], output_names=['logits'])
+    if opset >= DYNAMO_MIN_OPSET:
+        dynamic_shapes = ({
+            'inputs': {
+                0: torch.export.Dim('batch')
+            }
+        } if dynamic_batch else None)
+        torch.onnx.export(
+            module, (example, ),
+            path,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+            **names)
+        return
+    dynamic_axes = ({
+        'input': {
+            0: 'batch'
+        },
+        'logits': {
+            0: 'batch'
+        }
+    } if dynamic_batch else None)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but the only one that
+        # writes opsets below 18 without a lossy version conversion.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(
+            module, (example, ),
+            path,
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes=dynamic_axes,
+            **names)
+
+
+def verify_onnx(onnx_file: str,
+                model: nn.Module,
+                input_shape: Sequence[int],
+                batch_sizes: Sequence[int] = (2, ),
+                atol: float = 1e-4) -> Dict[int, float]:
+    """Run the ONNX file with onnxruntime and compare it with PyTorch.
+
+    Args:
+        onnx_file (str): The exported graph.
+        model (nn.Module): The classifier it was exported from.
+        input_shape (Sequence[int]): ``(C, H, W)`` of one image.
+        batch_sizes (Sequence[int]): Batch sizes to run. Defaults to (2, ).
+        atol (float): Largest allowed absolute difference of the logits.
+            Defaults to 1e-4.
+
+    Returns:
+        dict[int, float]: Max absolute difference per batch size.
+
+    Raises:
+        ExportError: A batch size does not run or differs by more than
+            ``atol``.
+    """
+    import onnxruntime as ort
+
+    # onnxruntime's exception types share no base class but Exception.
+    try:
+        session = ort.InferenceSession(
+            onnx_file, providers=['CPUExecutionProvider'])
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f'onnxruntime cannot load {onnx_file}: {e}') \
+            from None
+    generator = torch.Generator().manual_seed(0)
+    diffs = {}
+    for batch in batch_sizes:
+        inputs = torch.randn(batch, *input_shape, generator=generator)
+        with torch.no_grad():
+            expected = _Logits(model).eval()(inputs).numpy()
+        try:
+            (actual, ) = session.run(['logits'], {'input': inputs.numpy()})
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(
+                f'onnxruntime cannot run {onnx_file} at batch size {batch}: '
+                f'{e}. Export with --dynamic-batch to vary the batch.'
+            ) from None
+        diff = float(np.abs(actual - expected).max())
+        if not diff <= atol:
+            raise ExportError(
+                f'ONNX logits differ from PyTorch by {diff:.3g} (> {atol}) '
+                f'at batch size {batch}.')
+        diffs[batch] = diff
+    return diffs
+
+
+def export_onnx(model: nn.Module,
+                out_file: str,
+                input_shape: Sequence[int],
+                opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False,
+                atol: float = 1e-4,
+                overwrite: bool = False) -> Dict[int, float]:
+    """Export a classifier's logits to ONNX, checked with onnxruntime.
+
+    The graph takes an already normalized ``(B, C, H, W)`` float batch
+    named ``input`` and returns ``logits``; the data preprocessor's mean
+    and std are stored in the file's metadata. The file is written next to
+    ``out_file`` under a temporary name and only renamed into place once
+    onnxruntime agrees with PyTorch, so a failure leaves nothing behind.
+
+    Args:
+        model (nn.Module): An mmpretrain classifier (with a head).
+        out_file (str): Path of the ``.onnx`` file.
+        input_shape (Sequence[int]): ``(H, W)`` or ``(C, H, W)``; C defaults
+            to the first conv's input channels.
+        opset (int): ONNX opset, in [11, 23]. Defaults to 18.
+        dynamic_batch (bool): Make the batch dimension dynamic (checked at
+            batch sizes 1 and 3); otherwise the batch is fixed to 1.
+            Defaults to False.
+        atol (float): Largest allowed absolute difference of the logits.
+            Defaults to 1e-4.
+        overwrite (bool): Replace an existing ``out_file``. Defaults to
+            False.
+
+    Returns:
+        dict[int, float]: Max absolute difference per checked batch size.
+
+    Example:
+        >>> import os.path as osp, tempfile
+        >>> from mmpretrain.registry import MODELS
+        >>> from convmixer_mm.deploy import export_onnx
+        >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=4)
+        >>> model = MODELS.build(dict(
+        ...     type='ImageClassifier',
+        ...     backbone=dict(type='ConvMixerMM', arch=arch, in_channels=1),
+        ...     head=dict(type='ConvMixerClsHead', num_classes=10,
+        ...               in_channels=16))).eval()
+        >>> out = osp.join(tempfile.mkdtemp(), 'tiny.onnx')
+        >>> diffs = export_onnx(model, out, (28, 28), dynamic_batch=True)
+        >>> print(sorted(diffs), max(diffs.values()) < 1e-4)
+        [1, 3] True
+    """
+    _check_opset(opset)
+    out_file = _check_output(out_file, overwrite)
+    if not getattr(model, 'with_head', False):
+        raise ValueError('Only classifiers with a head can be exported: the '
+                         'config needs model.head.')
+    input_shape = tuple(input_shape)
+    if len(input_shape) == 2:
+        input_shape = (_input_channels(model), ) + input_shape
+    if len(input_shape) != 3 or min(input_shape) <= 0:
+        raise ValueError(f'input_shape={input_shape} must be (H, W) or '
+                         '(C, H, W) of positive ints.')
+    model = model.eval()
+    # A batch of 2 keeps torch.export from specializing the dynamic batch
+    # dimension to 1.
+    example = torch.zeros(2 if dynamic_batch else 1, *input_shape)
+    fd, tmp_file = tempfile.mkstemp(
+        suffix='.onnx.part', dir=osp.dirname(out_file))
+    os.close(fd)
+    try:
+        _export(_Logits(model).eval(), example, tmp_file, opset,
+                dynamic_batch)
+        _add_metadata(tmp_file, model)
+        diffs = verify_onnx(
+            tmp_file,
+            model,
+            input_shape,
+            batch_sizes=(1, 3) if dynamic_batch else (1, ),
+            atol=atol)
+        os.replace(tmp_file, out_file)
+    finally:
+        if osp.exists(tmp_file):
+            os.remove(tmp_file)
+    return diffs
+
+
+def _add_metadata(onnx_file: str, model: nn.Module) -> None:
+    """Record the normalization the graph expects in its metadata."""
+    import onnx
+
+    proto = onnx.load(onnx_file)
+    preprocessor = getattr(model, 'data_preprocessor', None)
+    for key in ('mean', 'std'):
+        value = getattr(preprocessor, key, None)
+        if isinstance(value, torch.Tensor):
+            entry = proto.metadata_props.add()
+            entry.key = key
+            entry.value = str([round(v, 4) for v in value.flatten().tolist()])
+    onnx.save(proto, onnx_file)
+
+
+def opset_of(onnx_file: str) -> Tuple[int, Dict[str, str]]:
+    """The default-domain opset and the metadata of an ONNX file."""
+    import onnx
+
+    proto = onnx.load(onnx_file)
+    opset = next(o.version for o in proto.opset_import
+                 if o.domain in ('', 'ai.onnx'))
+    return opset, {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,69 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Export a classifier config + checkpoint to ONNX, checked with onnxruntime.
+
+Example:
+    python tools/deployment/pytorch2onnx.py \
+        configs/convmixer/convmixer-1536-20_10xb64_in1k.py ckpt.pth \
+        convmixer.onnx --dynamic-batch --opset 18
+"""
+import argparse
+from typing import Optional, Sequence
+
+from convmixer_mm.deploy import build_classifier, export_onnx, opset_of
+from convmixer_mm.deploy.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
+                                             MIN_OPSET)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Export a classifier to ONNX and check it against '
+        'PyTorch with onnxruntime.')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (.pth)')
+    parser.add_argument('out', help='output .onnx file')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs='+',
+        default=[224, 224],
+        help='input H W (or C H W; C defaults to the model\'s input '
+        'channels). Defaults to 224 224.')
+    parser.add_argument(
+        '--opset',
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f'ONNX opset in [{MIN_OPSET}, {MAX_OPSET}]. Defaults to '
+        f'{DEFAULT_OPSET}.')
+    parser.add_argument(
+        '--dynamic-batch',
+        action='store_true',
+        help='make the batch dimension dynamic (checked at two sizes)')
+    parser.add_argument(
+        '--atol',
+        type=float,
+        default=1e-4,
+        help='largest allowed max abs difference of the logits')
+    parser.add_argument(
+        '--overwrite', action='store_true', help='replace an existing OUT')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    model = build_classifier(args.config, args.checkpoint)
+    diffs = export_onnx(
+        model,
+        args.out,
+        args.shape,
+        opset=args.opset,
+        dynamic_batch=args.dynamic_batch,
+        atol=args.atol,
+        overwrite=args.overwrite)
+    opset, _ = opset_of(args.out)
+    print(f'Exported {args.out} (opset {opset}).')
+    for batch, diff in diffs.items():
+        print(f'batch {batch}: max abs diff vs PyTorch {diff:.3g}')
+
+
+if __name__ == '__main__':
+    main()
