@@ -1,9 +1,14 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """ConvMixer for mmpretrain: importing this registers our modules."""
+from .apis import get_model, inference_model
+from .datasets import FashionMNISTIDX
+from .engine import (ConvMixerRunner, MixedPrecisionOptimWrapper,
+                     PiecewiseLinearLR)
 from .models import ConvMixerClsHead, ConvMixerDataPreprocessor, ConvMixerMM
 from .version import __version__
 
 __all__ = [
     'ConvMixerMM', 'ConvMixerClsHead', 'ConvMixerDataPreprocessor',
-    '__version__'
+    'FashionMNISTIDX', 'ConvMixerRunner', 'MixedPrecisionOptimWrapper',
+    'PiecewiseLinearLR', 'get_model', 'inference_model', '__version__'
 ]

@@ -1,0 +1,41 @@
+# Fashion-MNIST from Debian's dataset-fashion-mnist (IDX .gz files in
+# /usr/share/datasets/fashion-mnist); set data_root elsewhere, or
+# download=True online to use mmpretrain's downloader.
+dataset_type = 'FashionMNISTIDX'
+data_root = '/usr/share/datasets/fashion-mnist'
+
+train_pipeline = [
+    # Pad by 2 with black and crop back to 28x28, and flip: clothes are
+    # left-right symmetric.
+    dict(type='RandomCrop', crop_size=28, padding=2),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [dict(type='PackInputs')]
+
+train_dataloader = dict(
+    batch_size=128,
+    # The pipeline is cheap; a worker would take a core from the model.
+    num_workers=0,
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='train',
+        pipeline=train_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=True),
+)
+
+val_dataloader = dict(
+    batch_size=256,
+    num_workers=0,
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='test',
+        pipeline=test_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=False),
+)
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+
+test_dataloader = val_dataloader
+test_evaluator = val_evaluator

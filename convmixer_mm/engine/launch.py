@@ -1,0 +1,332 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""The logic of ``tools/train.py`` and ``tools/test.py``.
+
+The command lines follow mmpretrain's tools. User errors (a missing config,
+data set or checkpoint, a corrupt or mismatching checkpoint, bad
+``--cfg-options``) end with one ``error:`` line naming the problem and the
+fix, exit status 1 (2 for command-line syntax), and no traceback.
+"""
+import argparse
+import difflib
+import os
+import os.path as osp
+import sys
+from typing import List, Optional, Sequence
+
+import mmengine
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.evaluator import DumpResults
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner, find_latest_checkpoint
+
+from ..datasets import DataNotFoundError
+from .checkpoint import CheckpointError, load_checkpoint_file
+
+
+class ConfigError(ValueError):
+    """A config file or ``--cfg-options`` entry is wrong."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
+
+
+class CfgOptionsAction(DictAction):
+    """``DictAction`` that reports a malformed ``KEY=VALUE`` as usage."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for kv in values or ():
+            if '=' not in kv or kv.startswith('='):
+                raise argparse.ArgumentError(
+                    self, f'{kv!r} is not KEY=VALUE; write e.g. '
+                    'train_cfg.max_epochs=2 or '
+                    'model.backbone.arch=768/32 (no spaces around "=").')
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=CfgOptionsAction,
+        help='override settings of the config, KEY=VALUE pairs such as '
+        'train_cfg.max_epochs=2 or "model.backbone.out_indices=[-1]" (no '
+        'spaces). Every parent of KEY must exist in the config.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torchrun passes --local-rank (torch.distributed.launch --local_rank).
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/train.py``."""
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the checkpoint PATH, or with no PATH (or "auto") '
+        'from the latest complete checkpoint in the work dir.')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='mixed precision: fp16 (or optim_wrapper.dtype) on GPU, '
+        'bf16 on CPU.')
+    parser.add_argument(
+        '--no-validate',
+        action='store_true',
+        help='do not evaluate the checkpoints during training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the lr by the actual total batch size over '
+        'auto_scale_lr.base_batch_size')
+    parser.add_argument(
+        '--no-pin-memory',
+        action='store_true',
+        help='disable pin_memory in the dataloaders')
+    parser.add_argument(
+        '--no-persistent-workers',
+        action='store_true',
+        help='disable persistent_workers in the dataloaders')
+    _add_common(parser)
+    return parser
+
+
+def test_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/test.py``."""
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a checkpoint')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir', help='the dir to save the evaluation metrics and logs')
+    parser.add_argument('--out', help='file (.pkl/.json) to dump results')
+    parser.add_argument(
+        '--out-item',
+        choices=['metrics', 'pred'],
+        help='dump the metrics or the predictions (default) to --out')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='mixed precision test (fp16 on GPU, bf16 on CPU)')
+    parser.add_argument(
+        '--show-dir', help='save images with their predictions here')
+    parser.add_argument(
+        '--interval',
+        type=int,
+        default=1,
+        help='visualize every INTERVAL-th sample')
+    parser.add_argument(
+        '--no-pin-memory',
+        action='store_true',
+        help='disable pin_memory in the dataloaders')
+    _add_common(parser)
+    return parser
+
+
+def load_config(path: str) -> Config:
+    """Read a config file, raising :class:`ConfigError` if it is missing."""
+    if not osp.isfile(path):
+        raise ConfigError(
+            f'config {path!r} does not exist: pass a config file such as '
+            'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py.')
+    return Config.fromfile(path)
+
+
+def _missing_parent(cfg: Config, key: str) -> Optional[str]:
+    """The first parent of the dotted ``key`` absent from ``cfg``."""
+    node = cfg._cfg_dict
+    parts = key.split('.')
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, (list, tuple)) and part.isdigit():
+            if int(part) >= len(node):
+                return '.'.join(parts[:depth + 1])
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return '.'.join(parts[:depth + 1])
+    return None
+
+
+def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
+    """Merge ``--cfg-options``, refusing keys whose parents do not exist.
+
+    A new leaf (``model.backbone.drop_path_rate``) is allowed; a misspelt
+    parent (``trian_cfg.max_epochs``) is an error that names the closest
+    existing keys.
+    """
+    for key in options or {}:
+        missing = _missing_parent(cfg, key)
+        if missing is None:
+            continue
+        parent, _, name = missing.rpartition('.')
+        node = cfg._cfg_dict
+        for part in parent.split('.') if parent else []:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        siblings = list(node) if isinstance(node, dict) else []
+        close = difflib.get_close_matches(name, siblings, n=3)
+        hint = (f' Did you mean {", ".join(close)}?' if close else
+                ' Print the config with `python -c "from mmengine import '
+                "Config; print(Config.fromfile('CONFIG').pretty_text)\"`.")
+        raise ConfigError(
+            f'--cfg-options {key}=...: the config has no {missing!r}.{hint}')
+    if options:
+        cfg.merge_from_dict(options)
+
+
+def _default_dataloaders(cfg: Config, fields: Sequence[str],
+                         defaults: dict) -> None:
+    for field in fields:
+        if cfg.get(field) is None:
+            continue
+        merged = ConfigDict(defaults)
+        merged.update(cfg[field])
+        cfg[field] = merged
+
+
+def _set_launcher(cfg: Config, launcher: str) -> None:
+    cfg.launcher = launcher
+    if launcher != 'none' and not torch.cuda.is_available():
+        cfg.setdefault('env_cfg', ConfigDict()).setdefault(
+            'dist_cfg', ConfigDict())['backend'] = 'gloo'
+
+
+def _work_dir(cfg: Config, args: argparse.Namespace) -> None:
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+
+def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the ``tools/train.py`` arguments to ``cfg``."""
+    if args.no_validate:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+    _set_launcher(cfg, args.launcher)
+    _work_dir(cfg, args)
+    if args.amp:
+        cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg:
+            raise ConfigError(
+                '--auto-scale-lr: the config has no auto_scale_lr; add '
+                'auto_scale_lr = dict(base_batch_size=N) with the batch '
+                'size its lr was tuned for.')
+        cfg.auto_scale_lr.enable = True
+    _default_dataloaders(
+        cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'),
+        dict(
+            pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
+            persistent_workers=not args.no_persistent_workers,
+            collate_fn=dict(type='default_collate')))
+    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        # persistent_workers needs workers.
+        if cfg.get(field) is not None and not cfg[field].get('num_workers'):
+            cfg[field].persistent_workers = False
+    merge_cfg_options(cfg, args.cfg_options)
+    return cfg
+
+
+def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the ``tools/test.py`` arguments to ``cfg``."""
+    _set_launcher(cfg, args.launcher)
+    _work_dir(cfg, args)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if args.amp:
+        cfg.test_cfg = cfg.get('test_cfg') or ConfigDict()
+        cfg.test_cfg.fp16 = True
+    if args.show_dir is not None:
+        hooks = cfg.setdefault('default_hooks', ConfigDict())
+        hooks['visualization'] = ConfigDict(
+            type='VisualizationHook',
+            enable=True,
+            out_dir=args.show_dir,
+            interval=args.interval)
+    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+        dict(type='TestProgressBarHook')
+    ]
+    _default_dataloaders(
+        cfg, ('test_dataloader', ),
+        dict(
+            pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
+            collate_fn=dict(type='default_collate')))
+    merge_cfg_options(cfg, args.cfg_options)
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """Build ``cfg.runner_type`` if set, else mmengine's ``Runner``."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def _precheck_resume(cfg: Config) -> None:
+    """Fail before any file is written if the resume source is bad."""
+    if not cfg.get('resume'):
+        return
+    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    if path:
+        load_checkpoint_file(path)
+
+
+def _run(main, argv: Optional[List[str]]) -> int:
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(argv: Optional[List[str]]) -> None:
+    args = train_parser().parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = merge_train_args(load_config(args.config), args)
+    _precheck_resume(cfg)
+    build_runner(cfg).train()
+
+
+def _test(argv: Optional[List[str]]) -> None:
+    args = test_parser().parse_args(argv)
+    if args.out is None and args.out_item is not None:
+        raise ConfigError('--out-item needs --out FILE to write to.')
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = merge_test_args(load_config(args.config), args)
+    load_checkpoint_file(args.checkpoint)
+    runner = build_runner(cfg)
+    if args.out and args.out_item in ('pred', None):
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    if args.out and args.out_item == 'metrics':
+        mmengine.dump(metrics, args.out)
+
+
+def train(argv: Optional[List[str]] = None) -> int:
+    """Run ``tools/train.py``; return the exit status."""
+    return _run(_train, argv)
+
+
+def test(argv: Optional[List[str]] = None) -> int:
+    """Run ``tools/test.py``; return the exit status."""
+    return _run(_test, argv)

@@ -1,0 +1,81 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Mixed precision training on any device: fp16/bf16 on GPU, bf16 on CPU."""
+from typing import Optional, Union
+
+import torch
+from mmengine.device import (is_cuda_available, is_mlu_available,
+                             is_musa_available, is_npu_available)
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+from mmpretrain.registry import OPTIM_WRAPPERS
+
+
+def _has_accelerator() -> bool:
+    return (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available())
+
+
+@OPTIM_WRAPPERS.register_module()
+class MixedPrecisionOptimWrapper(AmpOptimWrapper):
+    """``AmpOptimWrapper`` that also runs on CPU.
+
+    On an accelerator it is mmengine's ``AmpOptimWrapper`` (fp16 with a
+    loss scaler by default, or ``dtype='bfloat16'``). mmengine's wrapper
+    refuses to build on a CPU-only machine; there this one autocasts to
+    bfloat16, which needs no loss scaling, and otherwise steps like a plain
+    ``OptimWrapper``. Configs that ask for AMP therefore build and train
+    anywhere.
+
+    Args:
+        loss_scale (str | float | dict): Loss scaling on an accelerator, as
+            in ``AmpOptimWrapper``. Unused on CPU. Defaults to 'dynamic'.
+        dtype (str | torch.dtype, optional): Autocast dtype. On CPU only
+            bfloat16 is supported and None means bfloat16. Defaults to None.
+        **kwargs: Arguments of ``OptimWrapper`` (``optimizer``,
+            ``clip_grad``, ``accumulative_counts``).
+    """
+
+    def __init__(self,
+                 loss_scale: Union[str, float, dict] = 'dynamic',
+                 dtype: Optional[Union[str, torch.dtype]] = None,
+                 **kwargs) -> None:
+        if _has_accelerator():
+            super().__init__(loss_scale=loss_scale, dtype=dtype, **kwargs)
+            return
+        if dtype not in (None, 'bfloat16', torch.bfloat16):
+            raise ValueError(
+                f'dtype={dtype!r}: CPU autocast supports only bfloat16. '
+                'Remove optim_wrapper.dtype or set it to "bfloat16".')
+        OptimWrapper.__init__(self, **kwargs)
+        self.cast_dtype = torch.bfloat16
+        self.loss_scaler = None
+        self._scale_update_param = None
+
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """Backward, through the loss scaler where there is one."""
+        if self.loss_scaler is None:
+            OptimWrapper.backward(self, loss, **kwargs)
+        else:
+            super().backward(loss, **kwargs)
+
+    def step(self, **kwargs) -> None:
+        """Clip gradients and step, through the loss scaler if any."""
+        if self.loss_scaler is None:
+            OptimWrapper.step(self, **kwargs)
+        else:
+            super().step(**kwargs)
+
+    def state_dict(self) -> dict:
+        """The optimizer state, with the loss scaler's where there is one."""
+        if self.loss_scaler is None:
+            return OptimWrapper.state_dict(self)
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state saved on either kind of device."""
+        if self.loss_scaler is None:
+            state_dict = dict(state_dict)
+            state_dict.pop('loss_scaler', None)
+            OptimWrapper.load_state_dict(self, state_dict)
+        else:
+            super().load_state_dict(state_dict)
