@@ -1,0 +1,646 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Side-by-side speed and memory benchmark of ConvMixer implementations.
+
+Our ``ConvMixerMM``, mmpretrain's built-in ``ConvMixer`` and timm's
+``ConvMixer`` are built with one architecture, given identical weights and
+fed identical inputs. Candidates are timed interleaved (round ``r`` starts
+at candidate ``r mod n``), after warm-up, and reported as medians, so that
+load from other processes hits every candidate alike. A GEMM of the model's
+1x1-conv shape is timed in the same loop: achieved GFLOP/s divided by its
+rate is the roofline fraction.
+
+A candidate is named by a spec ``impl[+cl][+fuse][+compile][+cp][+dtype]``:
+``impl`` is ``ours``, ``mmpretrain`` or ``timm``; ``cl`` runs model and data
+channels_last; ``fuse`` applies :func:`convmixer_mm.models.fuse_convmixer`
+(ours, inference only); ``compile`` wraps the model in ``torch.compile``;
+``cp`` turns on gradient checkpointing (``with_cp``); ``bf16`` or ``fp16``
+runs it under autocast instead of the run's default dtype.
+"""
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import ConvMixerMM, fuse_convmixer
+
+IMPLS = ('ours', 'mmpretrain', 'timm')
+FLAGS = ('cl', 'fuse', 'compile', 'cp')
+DTYPES = {
+    'fp32': torch.float32,
+    'bf16': torch.bfloat16,
+    'fp16': torch.float16
+}
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One implementation with its fast-path switches."""
+    impl: str
+    channels_last: bool = False
+    fuse: bool = False
+    compile: bool = False
+    with_cp: bool = False
+    dtype: Optional[str] = None
+
+    @classmethod
+    def parse(cls, spec: str) -> 'CandidateSpec':
+        """Parse ``impl[+cl][+fuse][+compile][+cp][+dtype]``."""
+        impl, *flags = spec.split('+')
+        if impl not in IMPLS:
+            raise ValueError(
+                f'Unknown implementation {impl!r} in candidate {spec!r}: '
+                f'use one of {list(IMPLS)}.')
+        unknown = sorted(set(flags) - set(FLAGS) - set(DTYPES))
+        if unknown:
+            raise ValueError(
+                f'Unknown flags {unknown} in candidate {spec!r}: use any of '
+                f'{["+" + f for f in FLAGS + tuple(DTYPES)]}.')
+        dtypes = [f for f in flags if f in DTYPES]
+        if len(dtypes) > 1:
+            raise ValueError(f'{spec!r} names more than one dtype.')
+        if impl != 'ours' and ('fuse' in flags or 'cp' in flags):
+            raise ValueError(
+                f'{spec!r}: +fuse and +cp exist for "ours" only.')
+        return cls(impl, 'cl' in flags, 'fuse' in flags, 'compile' in flags,
+                   'cp' in flags, dtypes[0] if dtypes else None)
+
+    @property
+    def name(self) -> str:
+        flags = [f for f, on in zip(FLAGS, (self.channels_last, self.fuse,
+                                           self.compile, self.with_cp)) if on]
+        return '+'.join([self.impl, *flags] + [self.dtype] * bool(self.dtype))
+
+
+@dataclass
+class BenchmarkSettings:
+    """What to build and how to time it.
+
+    Args:
+        arch (dict): ``embed_dims``, ``depth``, ``patch_size`` and
+            ``kernel_size``.
+        act (str): ``'GELU'`` or ``'ReLU'``.
+        in_channels (int): Image channels.
+        num_classes (int): Classes of the linear head.
+        batch_size (int): Images per batch.
+        img_size (int): Height and width of the square input.
+        device (str): ``'cpu'`` or ``'cuda'``.
+        dtype (str): ``'fp32'``, ``'bf16'`` or ``'fp16'`` (autocast), for
+            candidates that name none.
+        candidates (list[str]): Candidate specs, see the module docstring.
+        modes (list[str]): ``'inference'`` and/or ``'train'``.
+        warmup (int): Untimed interleaved rounds first.
+        rounds (int): Timed interleaved rounds.
+        memory (bool): Also measure peak memory of one step.
+        threads (int, optional): ``torch.set_num_threads``.
+        seed (int): Seed of weights and inputs.
+    """
+    arch: Dict[str, int]
+    act: str = 'GELU'
+    in_channels: int = 3
+    num_classes: int = 1000
+    batch_size: int = 8
+    img_size: int = 224
+    device: str = 'cpu'
+    dtype: str = 'fp32'
+    candidates: List[str] = field(
+        default_factory=lambda: ['ours+cl+fuse', 'mmpretrain', 'timm'])
+    modes: List[str] = field(default_factory=lambda: ['inference'])
+    warmup: int = 2
+    rounds: int = 10
+    memory: bool = True
+    threads: Optional[int] = None
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the first bad setting."""
+        ConvMixerMM._parse_arch(self.arch)
+        if self.dtype not in DTYPES:
+            raise ValueError(f'dtype={self.dtype!r}: use one of '
+                             f'{list(DTYPES)}.')
+        if self.device not in ('cpu', 'cuda'):
+            raise ValueError(f'device={self.device!r}: use "cpu" or "cuda".')
+        if self.device == 'cuda' and not torch.cuda.is_available():
+            raise ValueError('device="cuda" but CUDA is not available: use '
+                             '--device cpu.')
+        bad_modes = sorted(set(self.modes) - {'inference', 'train'})
+        if not self.modes or bad_modes:
+            raise ValueError(f'modes={self.modes}: use "inference" and/or '
+                             '"train".')
+        if self.act not in ('GELU', 'ReLU'):
+            raise ValueError(f'act={self.act!r}: use "GELU" or "ReLU".')
+        for name in ('batch_size', 'img_size', 'rounds', 'in_channels',
+                     'num_classes'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f'{name} must be positive, got '
+                                 f'{getattr(self, name)}.')
+        if self.img_size < self.arch['patch_size']:
+            raise ValueError(
+                f'img_size={self.img_size} is smaller than the patch size '
+                f'{self.arch["patch_size"]}.')
+        specs = [CandidateSpec.parse(c) for c in self.candidates]
+        if len({s.name for s in specs}) != len(specs):
+            raise ValueError(f'Duplicate candidates in {self.candidates}.')
+        if self.modes == ['train'] and all(s.fuse for s in specs):
+            raise ValueError('+fuse candidates are inference-only: add '
+                             'unfused candidates to time training.')
+
+
+def settings_from_config(path: str, **kwargs) -> BenchmarkSettings:
+    """Benchmark settings for the model of an mmpretrain config.
+
+    Args:
+        path (str): A config whose model has a ``ConvMixerMM`` backbone.
+        **kwargs: Other fields of :class:`BenchmarkSettings`.
+    """
+    from mmengine.config import Config
+    model = Config.fromfile(path).model
+    backbone = model.get('backbone', {})
+    if backbone.get('type') != 'ConvMixerMM':
+        raise ValueError(
+            f'{path} does not build a ConvMixerMM backbone (got '
+            f'{backbone.get("type")!r}): pass a convmixer_mm config or an '
+            'arch name.')
+    arch = ConvMixerMM._parse_arch(backbone.get('arch', '768/32'))
+    return BenchmarkSettings(
+        arch=arch,
+        act=backbone.get('act_cfg', {}).get('type', 'GELU'),
+        in_channels=backbone.get('in_channels', 3),
+        num_classes=model.head.num_classes,
+        **kwargs)
+
+
+def build_ours(settings: BenchmarkSettings, with_cp: bool) -> nn.Module:
+    """Our ``ImageClassifier`` with ``ConvMixerMM`` and its head."""
+    from mmpretrain.registry import MODELS
+    return MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(
+                type='ConvMixerMM',
+                arch=dict(settings.arch),
+                in_channels=settings.in_channels,
+                act_cfg=dict(type=settings.act),
+                with_cp=with_cp),
+            head=dict(
+                type='ConvMixerClsHead',
+                num_classes=settings.num_classes,
+                in_channels=settings.arch['embed_dims'])))
+
+
+def build_mmpretrain(settings: BenchmarkSettings) -> nn.Module:
+    """mmpretrain's built-in ConvMixer, as in its own configs."""
+    from mmpretrain.registry import MODELS
+    return MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(
+                type='ConvMixer',
+                arch=dict(settings.arch),
+                in_channels=settings.in_channels,
+                act_cfg=dict(type=settings.act)),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(
+                type='LinearClsHead',
+                num_classes=settings.num_classes,
+                in_channels=settings.arch['embed_dims'])))
+
+
+def build_timm(settings: BenchmarkSettings) -> nn.Module:
+    """timm's ConvMixer with the same architecture."""
+    from timm.models.convmixer import ConvMixer
+    arch = settings.arch
+    return ConvMixer(
+        dim=arch['embed_dims'],
+        depth=arch['depth'],
+        kernel_size=arch['kernel_size'],
+        patch_size=arch['patch_size'],
+        in_chans=settings.in_channels,
+        num_classes=settings.num_classes,
+        act_layer=getattr(nn, settings.act))
+
+
+def to_timm_state_dict(state: Dict[str, torch.Tensor]
+                       ) -> Dict[str, torch.Tensor]:
+    """Rename our (and mmpretrain's) keys to timm's."""
+    renames = (('backbone.stem.', 'stem.'), ('backbone.stages.', 'blocks.'),
+               ('head.fc.', 'head.'))
+    out = {}
+    for key, value in state.items():
+        for old, new in renames:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+        else:
+            raise KeyError(f'No timm name for {key!r}.')
+    return out
+
+
+@torch.no_grad()
+def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
+    """Give BN non-trivial statistics so fused and unfused paths differ."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0, 0.5, generator=generator)
+            m.running_var.uniform_(0.5, 2., generator=generator)
+            m.weight.normal_(1, 0.2, generator=generator)
+            m.bias.normal_(0, 0.2, generator=generator)
+
+
+class Candidate:
+    """A built, weight-synchronised model with its step functions."""
+
+    def __init__(self, spec: CandidateSpec, settings: BenchmarkSettings,
+                 state: Dict[str, torch.Tensor], mode: str) -> None:
+        self.spec = spec
+        self.mode = mode
+        self.dtype = spec.dtype or settings.dtype
+        self.device = settings.device
+        if spec.impl == 'ours':
+            model = build_ours(settings, spec.with_cp)
+            model.load_state_dict(state)
+        elif spec.impl == 'mmpretrain':
+            model = build_mmpretrain(settings)
+            model.load_state_dict(state)
+        else:
+            model = build_timm(settings)
+            model.load_state_dict(to_timm_state_dict(state))
+        model = model.to(settings.device)
+        if spec.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train(mode == 'train')
+        if spec.fuse:
+            fuse_convmixer(model)
+        self.model = model
+        self.call = self._forward_fn(model)
+        if spec.compile:
+            self.call = torch.compile(self.call)
+        if mode == 'train':
+            self.optimizer = torch.optim.SGD(
+                model.parameters(), lr=1e-3, momentum=0.9)
+
+    def _forward_fn(self, model: nn.Module
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.spec.impl == 'timm':
+            return model
+        return lambda x: model(x, mode='tensor')
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Lay the input out the way this candidate wants it."""
+        if self.spec.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == 'fp32':
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, dtype=DTYPES[self.dtype])
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self.call(x)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            loss = F.cross_entropy(self.call(x).float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+def count_macs(settings: BenchmarkSettings) -> int:
+    """Multiply-accumulates of one image through the model."""
+    model = build_ours(settings, with_cp=False).eval()
+    x = torch.zeros(1, settings.in_channels, settings.img_size,
+                    settings.img_size)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x, mode='tensor')
+    return counter.get_total_flops() // 2
+
+
+class GemmProbe:
+    """The GEMM of the model's 1x1 conv, timed inside the same loop.
+
+    Two libraries can run it: MKL through ``torch.mm`` and oneDNN through
+    a 1x1 convolution with a pre-reordered weight (on CPU). The faster of
+    the two medians is the reference rate.
+    """
+
+    def __init__(self, settings: BenchmarkSettings, dtype_name: str) -> None:
+        dims = settings.arch['embed_dims']
+        side = settings.img_size // settings.arch['patch_size']
+        rows = settings.batch_size * side * side
+        dtype = DTYPES[dtype_name]
+        device = settings.device
+        self.flops = 2 * rows * dims * dims
+        self.a = torch.randn(rows, dims, device=device, dtype=dtype)
+        self.b = torch.randn(dims, dims, device=device, dtype=dtype)
+        self.fns: Dict[str, Callable[[], torch.Tensor]] = {
+            f'gemm:torch.mm:{dtype_name}': lambda: torch.mm(self.a, self.b)
+        }
+        if device == 'cpu' and dtype != torch.float16:
+            x = torch.randn(settings.batch_size, dims, side, side,
+                            dtype=dtype).contiguous(
+                                memory_format=torch.channels_last)
+            w = torch.ops.mkldnn._reorder_convolution_weight(
+                self.b.view(dims, dims, 1, 1), [0, 0], [1, 1], [1, 1], 1,
+                list(x.shape))
+            self.fns[f'gemm:onednn:{dtype_name}'] = (
+                lambda: torch.ops.mkldnn._convolution_pointwise(
+                    x, w, None, [0, 0], [1, 1], [1, 1], 1, 'none', [], ''))
+
+
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def interleaved_times(fns: Dict[str, Callable[[], object]], warmup: int,
+                      rounds: int, device: str) -> Dict[str, List[float]]:
+    """Seconds per call of each function, the order rotating every round."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+_libc: Optional[ctypes.CDLL] = None
+
+
+def _libc_or_none() -> Optional[ctypes.CDLL]:
+    global _libc
+    if _libc is None and platform.system() == 'Linux':
+        with contextlib.suppress(OSError):
+            _libc = ctypes.CDLL('libc.so.6')
+    return _libc
+
+
+def _rss_kib(field_name: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field_name + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field_name} missing from /proc/self/status.')
+
+
+@contextlib.contextmanager
+def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
+    """Yield a function returning peak RSS growth in bytes so far.
+
+    glibc keeps freed blocks of up to 32 MiB in its heap, which would hide
+    the growth of a step that reuses them, so large blocks are forced to
+    ``mmap`` (returned on free) while tracking, and the peak RSS counter
+    (``VmHWM``) is reset through ``/proc/self/clear_refs``.
+    """
+    libc = _libc_or_none()
+    if libc is None or not os.path.exists('/proc/self/clear_refs'):
+        raise RuntimeError('CPU peak memory needs Linux /proc and glibc: '
+                           'pass --no-memory.')
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.mallopt(m_trim_threshold, 128 * 1024)
+    try:
+        gc.collect()
+        libc.malloc_trim(0)
+        base = _rss_kib('VmRSS')
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        yield lambda: max(0, _rss_kib('VmHWM') - base) * 1024
+    finally:
+        # Back to glibc's defaults (dynamic thresholds).
+        libc.mallopt(m_mmap_threshold, 128 * 1024)
+        libc.mallopt(m_trim_threshold, 128 * 1024)
+
+
+def peak_memory(step: Callable[[], object], device: str) -> int:
+    """Peak memory growth of one call of ``step``, in bytes.
+
+    CUDA: growth of ``max_memory_allocated``. CPU: growth of the peak
+    resident set size.
+    """
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with _cpu_peak_tracking() as peak:
+        step()
+        return peak()
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def machine_description(device: str) -> str:
+    """A line naming the machine, for the table and the README."""
+    if device == 'cuda':
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    return (f'{model}, {os.cpu_count()} logical CPUs, '
+            f'{torch.get_num_threads()} threads, torch {torch.__version__}, '
+            f'ISA {torch.backends.cpu.get_cpu_capability()}')
+
+
+def run_benchmark(settings: BenchmarkSettings) -> dict:
+    """Build every candidate, time them interleaved and return a report.
+
+    Returns:
+        dict: JSON-serialisable ``settings``, ``machine``,
+        ``macs_per_image`` and ``results[mode]`` with the GEMM rates
+        (``gemm``) and, per candidate (``candidates``), median seconds,
+        img/s, GFLOP/s, its fraction of the GEMM rate in its dtype, peak
+        memory and, for inference, the largest output difference from our
+        fp32 contiguous eager model.
+    """
+    settings.check()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    specs = [CandidateSpec.parse(c) for c in settings.candidates]
+    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    reference = build_ours(settings, with_cp=False)
+    randomize_bn(reference, gen)
+    state = reference.state_dict()
+    reference = reference.eval().to(settings.device)
+    macs = count_macs(settings)
+    shape = (settings.batch_size, settings.in_channels, settings.img_size,
+             settings.img_size)
+    x = torch.randn(shape, generator=gen).to(settings.device)
+    labels = torch.randint(
+        settings.num_classes, (settings.batch_size, ),
+        generator=gen).to(settings.device)
+    with torch.no_grad():
+        ref_out = reference(x, mode='tensor')
+    del reference
+
+    dtypes = sorted({s.dtype or settings.dtype for s in specs})
+    probes = {d: GemmProbe(settings, d) for d in dtypes}
+    report = dict(
+        settings=dict(settings.__dict__),
+        machine=machine_description(settings.device),
+        macs_per_image=macs,
+        gemm_shape=list(probes[dtypes[0]].a.shape) +
+        [settings.arch['embed_dims']],
+        results={})
+    for mode in settings.modes:
+        # Fused models are inference-only.
+        cands = {
+            s.name: Candidate(s, settings, state, mode)
+            for s in specs if mode == 'inference' or not s.fuse
+        }
+        fns = {}
+        diffs = {}
+        for name, c in cands.items():
+            inp = c.prepare(x)
+            if mode == 'inference':
+                fns[name] = lambda c=c, i=inp: c.infer(i)
+                diffs[name] = max_abs_diff(c.infer(inp), ref_out)
+            else:
+                fns[name] = lambda c=c, i=inp: c.train_step(i, labels)
+        for probe in probes.values():
+            fns.update(probe.fns)
+        times = interleaved_times(fns, settings.warmup, settings.rounds,
+                                  settings.device)
+        gemm = {
+            name: probes[name.split(':')[-1]].flops /
+            statistics.median(times[name]) / 1e9
+            for probe in probes.values() for name in probe.fns
+        }
+        best_gemm = {
+            d: max(v for k, v in gemm.items() if k.endswith(':' + d))
+            for d in dtypes
+        }
+        # A training step is a forward and a backward, the latter with
+        # twice the forward's MACs (input and weight gradients).
+        flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
+        rows = {}
+        for name, c in cands.items():
+            median = statistics.median(times[name])
+            ips = settings.batch_size / median
+            gflops = flops_per_image * ips / 1e9
+            rows[name] = dict(
+                dtype=c.dtype,
+                median_s=median,
+                times_s=times[name],
+                img_per_s=ips,
+                gflops=gflops,
+                gemm_fraction=gflops / best_gemm[c.dtype],
+                max_abs_diff=diffs.get(name))
+            if settings.memory:
+                rows[name]['peak_mem_bytes'] = peak_memory(
+                    fns[name], settings.device)
+        report['results'][mode] = dict(gemm=gemm, candidates=rows)
+        del cands, fns
+    return report
+
+
+def ratio(report: dict, mode: str, num: str, den: str) -> float:
+    """img/s of candidate ``num`` over that of ``den`` in ``mode``."""
+    rows = report['results'][mode]['candidates']
+    return rows[num]['img_per_s'] / rows[den]['img_per_s']
+
+
+def _title(report: dict) -> str:
+    s = report['settings']
+    arch = s['arch']
+    return (f'ConvMixer-{arch["embed_dims"]}/{arch["depth"]} (patch '
+            f'{arch["patch_size"]}, kernel {arch["kernel_size"]}), '
+            f'{s["img_size"]} px, batch {s["batch_size"]}, {s["device"]}')
+
+
+def _gemm_line(gemm: Dict[str, float]) -> str:
+    return 'GEMM ' + ', '.join(
+        f'{k.split(":", 1)[1]} {v:.0f}' for k, v in gemm.items()) + \
+        ' GFLOP/s'
+
+
+def _cells(row: dict, base: dict) -> List[str]:
+    mem = row.get('peak_mem_bytes')
+    diff = row['max_abs_diff']
+    return [
+        f'{row["img_per_s"]:.2f}',
+        f'{row["img_per_s"] / base["img_per_s"]:.2f}x',
+        f'{row["gflops"]:.1f}', f'{row["gemm_fraction"]:.0%}',
+        f'{mem / 2**20:.0f}' if mem is not None else '-',
+        f'{diff:.1e}' if diff is not None else '-'
+    ]
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of a report, for stdout."""
+    s = report['settings']
+    lines = [
+        f'# {report["machine"]}',
+        (f'# {_title(report)}; {report["macs_per_image"] / 1e9:.3f} '
+         f'GMACs/img; medians of {s["rounds"]} interleaved rounds')
+    ]
+    widths = (28, 8, 9, 8, 8, 9, 9)
+    for mode, result in report['results'].items():
+        rows = result['candidates']
+        first = next(iter(rows))
+        lines.append(f'## {mode}: {_gemm_line(result["gemm"])}')
+        head = ('candidate', 'img/s', 'vs first', 'GFLOP/s', 'of GEMM',
+                'peak MiB', 'max|diff|')
+        lines.append(' '.join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(head, widths))))
+        for name, row in rows.items():
+            cells = [name] + _cells(row, rows[first])
+            lines.append(' '.join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths))))
+    return '\n'.join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    """Markdown tables of a report, one per mode."""
+    out = []
+    s = report['settings']
+    for mode, result in report['results'].items():
+        rows = result['candidates']
+        first = next(iter(rows))
+        out += [
+            (f'{_title(report)}, **{mode}**; '
+             f'{_gemm_line(result["gemm"])}; medians of {s["rounds"]} '
+             'interleaved rounds.'),
+            '',
+            (f'| candidate | img/s | vs `{first}` | GFLOP/s | of GEMM | '
+             'peak MiB | max abs diff |'),
+            '|---|---:|---:|---:|---:|---:|---:|',
+        ]
+        for name, row in rows.items():
+            out.append('| ' + ' | '.join([f'`{name}`'] +
+                                         _cells(row, rows[first])) + ' |')
+        out.append('')
+    return '\n'.join(out)

@@ -1,0 +1,210 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""The README's Performance section, generated from benchmark reports."""
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from .benchmark import format_markdown
+
+SECTION = '## Performance'
+
+
+@dataclass
+class Target:
+    """A speed or memory goal checked against saved reports.
+
+    Args:
+        text (str): What is compared.
+        goal (str): The goal, e.g. ``'>= 1.3x'``.
+        find (callable): ``report -> (value, detail)`` or None when the
+            report does not measure this target.
+        passed (callable): ``value -> bool``.
+        fmt (str): Format of the value.
+    """
+    text: str
+    goal: str
+    find: Callable[[dict], Optional[Tuple[float, str]]]
+    passed: Callable[[float], bool]
+    fmt: str = '{:.2f}x'
+
+
+def _arch_is(report: dict, dims: int, depth: int) -> bool:
+    arch = report['settings']['arch']
+    return arch['embed_dims'] == dims and arch['depth'] == depth
+
+
+def _rows(report: dict, mode: str) -> dict:
+    return report['results'].get(mode, {}).get('candidates', {})
+
+
+def _main(rows: dict, dtype: str) -> Optional[str]:
+    """Our first candidate in ``dtype``: the one the run is about."""
+    return next((n for n, r in rows.items()
+                 if n.startswith('ours') and r['dtype'] == dtype), None)
+
+
+def _speedup(mode: str, dims: int, depth: int, den: str,
+             dtype: str = 'fp32') -> Callable:
+
+    def find(report: dict) -> Optional[Tuple[float, str]]:
+        rows = _rows(report, mode)
+        num = _main(rows, dtype)
+        if not _arch_is(report, dims, depth) or num is None or \
+                den not in rows:
+            return None
+        a, b = rows[num]['img_per_s'], rows[den]['img_per_s']
+        return a / b, f'`{num}` {a:.1f} / `{den}` {b:.1f} img/s'
+
+    return find
+
+
+def _gemm_fraction(report: dict) -> Optional[Tuple[float, str]]:
+    rows = _rows(report, 'inference')
+    num = _main(rows, 'fp32')
+    if not _arch_is(report, 1024, 20) or num is None:
+        return None
+    gemm = max(v for k, v in report['results']['inference']['gemm'].items()
+               if k.endswith(':fp32'))
+    return (rows[num]['gemm_fraction'],
+            f'`{num}` {rows[num]["gflops"]:.0f} / GEMM {gemm:.0f} GFLOP/s')
+
+
+def _bf16_speedup(report: dict) -> Optional[Tuple[float, str]]:
+    rows = _rows(report, 'inference')
+    num, den = _main(rows, 'bf16'), _main(rows, 'fp32')
+    if not _arch_is(report, 1024, 20) or num is None or den is None:
+        return None
+    a, b = rows[num]['img_per_s'], rows[den]['img_per_s']
+    return a / b, f'`{num}` {a:.1f} / `{den}` {b:.1f} img/s'
+
+
+def _fashion_train(report: dict) -> Optional[Tuple[float, str]]:
+    rows = _rows(report, 'train')
+    num = _main(rows, 'fp32')
+    if report['settings']['in_channels'] != 1 or num is None or \
+            'mmpretrain' not in rows:
+        return None
+    a, b = rows[num]['img_per_s'], rows['mmpretrain']['img_per_s']
+    return a / b, f'`{num}` {a:.0f} / `mmpretrain` {b:.0f} img/s'
+
+
+def _cp_memory(report: dict) -> Optional[Tuple[float, str]]:
+    rows = _rows(report, 'train')
+    if not _arch_is(report, 768, 32):
+        return None
+    for name, row in rows.items():
+        plain = name.replace('+cp', '')
+        if '+cp' in name and plain in rows and \
+                'peak_mem_bytes' in row:
+            a = row['peak_mem_bytes'] / 2**20
+            b = rows[plain]['peak_mem_bytes'] / 2**20
+            return a / b, f'`{name}` {a:.0f} / `{plain}` {b:.0f} MiB'
+    return None
+
+
+TARGETS = [
+    Target('1024/20 fp32 inference vs mmpretrain built-in (contiguous)',
+           '>= 1.3x', _speedup('inference', 1024, 20, 'mmpretrain'),
+           lambda v: v >= 1.3),
+    Target('1024/20 fp32 inference vs timm default', '>= 1.1x',
+           _speedup('inference', 1024, 20, 'timm'), lambda v: v >= 1.1),
+    Target('1024/20 fp32 inference vs mmpretrain built-in, channels_last',
+           '(fair)', _speedup('inference', 1024, 20, 'mmpretrain+cl'),
+           lambda v: v >= 1.0),
+    Target('1024/20 fp32 inference vs timm, channels_last', '(fair)',
+           _speedup('inference', 1024, 20, 'timm+cl'), lambda v: v >= 1.0),
+    Target('1024/20 fp32 achieved GFLOP/s / measured GEMM GFLOP/s',
+           '>= 85%', _gemm_fraction, lambda v: v >= 0.85, '{:.0%}'),
+    Target('1024/20 bf16 inference vs our fp32', '>= 1.5x', _bf16_speedup,
+           lambda v: v >= 1.5),
+    Target('Fashion-MNIST config training step vs mmpretrain built-in',
+           '>= 1.2x', _fashion_train, lambda v: v >= 1.2),
+    Target('768/32 training peak memory, with_cp / without', '<= 60%',
+           _cp_memory, lambda v: v <= 0.6, '{:.0%}'),
+]
+
+
+def targets_table(reports: Sequence[dict]) -> List[str]:
+    """Markdown rows: each target, its measured value and whether met."""
+    lines = [
+        '| target | goal | measured | met | from |',
+        '|---|---|---:|---|---|',
+    ]
+    for target in TARGETS:
+        for report in reports:
+            found = target.find(report)
+            if found is not None:
+                value, detail = found
+                met = 'yes' if target.passed(value) else '**no**'
+                lines.append(f'| {target.text} | {target.goal} | '
+                             f'{target.fmt.format(value)} | {met} | '
+                             f'{detail} |')
+                break
+        else:
+            lines.append(f'| {target.text} | {target.goal} | not measured '
+                         '| - | - |')
+    return lines
+
+
+def performance_section(reports: Sequence[dict],
+                        paths: Sequence[str]) -> str:
+    """The body of the README's Performance section."""
+    machines = sorted({r['machine'] for r in reports})
+    lines = [
+        SECTION,
+        '',
+        ('<!-- Generated by tools/analysis_tools/benchmark.py --readme; '
+         'edit convmixer_mm/benchmark_report.py instead. -->'),
+        '',
+        (f'Measured on {"; ".join(machines)}. The machine was shared with '
+         'other jobs, so every run interleaves its candidates (identical '
+         'weights and inputs), warms up, and reports medians; a GEMM of '
+         "the model's 1x1-conv shape runs in the same loop as the roofline "
+         'reference (MKL `torch.mm` and oneDNN, the faster counts).'),
+        '',
+        ('Candidates: `ours` is `ConvMixerMM`, `mmpretrain` its built-in '
+         '`ConvMixer`, `timm` its `ConvMixer`; `+cl` channels_last model '
+         'and data, `+fuse` `convmixer_mm.models.fuse_convmixer` (exact '
+         'inference fusion), `+compile` `torch.compile`, `+cp` `with_cp`, '
+         '`+bf16` bf16 autocast. Peak memory is the growth of CUDA max '
+         'allocated or, on CPU, of peak RSS during one step; "max abs '
+         'diff" is the largest logit difference from our fp32 eager '
+         'model.'),
+        '',
+        '### Targets',
+        '',
+    ]
+    lines += targets_table(reports)
+    lines += ['', '### Runs', '']
+    for path, report in zip(paths, reports):
+        lines += [f'From `{path}`:', '', format_markdown(report)]
+    lines += [
+        'Regenerate with `python tools/analysis_tools/benchmark.py '
+        '--readme README.md ' + ' '.join(paths) + '`.', ''
+    ]
+    return '\n'.join(lines)
+
+
+def update_readme(readme: str, paths: Sequence[str]) -> None:
+    """Replace the Performance section of ``readme`` from JSON reports."""
+    if not paths:
+        raise ValueError('No reports given: pass the JSON files written '
+                         'by --out.')
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            reports.append(json.load(f))
+    with open(readme, encoding='utf-8') as f:
+        text = f.read()
+    start = text.find(SECTION + '\n')
+    if start < 0:
+        raise ValueError(f'{readme} has no "{SECTION}" heading to fill in.')
+    end = text.find('\n## ', start + len(SECTION))
+    end = len(text) if end < 0 else end + 1
+    new = text[:start] + performance_section(reports, paths) + '\n' + \
+        text[end:]
+    tmp = readme + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(new)
+    os.replace(tmp, readme)

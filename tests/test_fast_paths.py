@@ -1,0 +1,150 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Fast paths keep the numerics of the fp32 reference.
+
+Stated tolerances (max abs logit error over max abs logit):
+fuse_convmixer and channels_last in fp32 1e-5; bf16 autocast 3e-2.
+(with_cp is tested in test_models.py.) Tiny models, CPU, seconds.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from convmixer_mm.benchmark import randomize_bn
+from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
+                                 fuse_convmixer)
+from convmixer_mm.models.fast import FusedConvMixerBlock
+from mmpretrain.registry import MODELS
+
+TINY = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=5)
+FP32_TOL = 1e-5
+BF16_TOL = 3e-2
+
+
+def build_classifier(arch: dict = TINY, act: str = 'GELU',
+                     seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(
+                type='ConvMixerMM', arch=arch, act_cfg=dict(type=act)),
+            head=dict(
+                type='ConvMixerClsHead',
+                num_classes=10,
+                in_channels=arch['embed_dims'])))
+    # Random BN statistics: with the defaults (mean 0, var 1) BN is
+    # nearly the identity and folding mistakes would go unnoticed.
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fuse_matches_unfused_fp32(channels_last):
+    model = build_classifier()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x, mode='tensor')
+        fused = fuse_convmixer(copy.deepcopy(model))
+        if channels_last:
+            fused = fused.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = fused(x, mode='tensor')
+    assert isinstance(fused.backbone.stages[0], FusedConvMixerBlock)
+    assert rel_err(out, ref) < FP32_TOL
+    # The check is sharp enough to see a dropped BN shift.
+    fused.backbone.stages[0].pw.bias.add_(0.1)
+    with torch.no_grad():
+        assert rel_err(fused(x, mode='tensor'), ref) > 10 * FP32_TOL
+
+
+def test_fuse_keeps_every_out_index_and_odd_kernels():
+    arch = dict(embed_dims=8, depth=3, patch_size=2, kernel_size=3)
+    torch.manual_seed(1)
+    backbone = ConvMixerMM(arch=arch, out_indices=(0, 1, 2)).eval()
+    randomize_bn(backbone, torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        refs = backbone(x)
+        outs = fuse_convmixer(copy.deepcopy(backbone))(x)
+    assert len(outs) == 3
+    for out, ref in zip(outs, refs):
+        assert rel_err(out, ref) < FP32_TOL
+
+
+def test_fused_packed_weights_follow_load_state_dict():
+    model = build_classifier(seed=0)
+    other = build_classifier(seed=1)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fused = fuse_convmixer(copy.deepcopy(model))
+        fused(x, mode='tensor')  # fills the packed-weight cache
+        fused_other = fuse_convmixer(copy.deepcopy(other))
+        fused.load_state_dict(fused_other.state_dict())
+        assert rel_err(fused(x, mode='tensor'),
+                       other(x, mode='tensor')) < FP32_TOL
+
+
+def test_fuse_bf16_autocast_within_tolerance():
+    model = build_classifier()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x, mode='tensor')
+        fused = fuse_convmixer(copy.deepcopy(model))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = fused(x, mode='tensor')
+            eager = model(x, mode='tensor')
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < BF16_TOL
+    assert rel_err(eager, ref) < BF16_TOL
+
+
+def test_channels_last_preprocessor_matches_contiguous():
+    model = build_classifier()
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+              for _ in range(2)]
+    data = dict(inputs=images)
+    outs = []
+    for channels_last in (False, True):
+        pre = ConvMixerDataPreprocessor(
+            channels_last=channels_last, mean=[128.] * 3, std=[64.] * 3)
+        inputs = pre(copy.deepcopy(data))['inputs']
+        assert inputs.is_contiguous(memory_format=torch.channels_last) == \
+            channels_last
+        with torch.no_grad():
+            outs.append(model(inputs, mode='tensor'))
+    assert rel_err(outs[1], outs[0]) < FP32_TOL
+
+
+def test_fuse_refuses_what_it_cannot_fuse():
+    model = build_classifier()
+    with pytest.raises(RuntimeError, match='eval-mode'):
+        fuse_convmixer(model.train())
+    with pytest.raises(TypeError, match='exact GELU'):
+        fuse_convmixer(build_classifier(act='ReLU'))
+    with pytest.raises(TypeError, match='No ConvMixerMM'):
+        fuse_convmixer(nn.Conv2d(3, 3, 1).eval())
+    even = dict(TINY, kernel_size=4)
+    with pytest.raises(TypeError, match='odd kernels'):
+        fuse_convmixer(build_classifier(arch=even))
+    with pytest.raises(TypeError, match='drop path'):
+        fuse_convmixer(
+            ConvMixerMM(arch=TINY, drop_path_rate=0.1).eval())
+
+
+def test_fused_model_is_inference_only():
+    fused = fuse_convmixer(build_classifier())
+    assert fused.eval() is fused
+    with pytest.raises(RuntimeError, match='inference-only'):
+        fused.train()
+    # deepcopy re-binds the guard to the copy.
+    clone = copy.deepcopy(fused)
+    assert clone.eval() is clone
+    with pytest.raises(RuntimeError, match='inference-only'):
+        clone.train()
+

@@ -1,0 +1,148 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Benchmark ConvMixer against mmpretrain's and timm's, side by side.
+
+Examples::
+
+    # fp32 inference of ConvMixer-1024/20, 224 px, batch 8, on 2 threads
+    python tools/analysis_tools/benchmark.py 1024/20 --threads 2 \\
+        --out work_dirs/bench/infer_1024.json
+    # Training steps of the Fashion-MNIST config
+    python tools/analysis_tools/benchmark.py \\
+        configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py \\
+        --img-size 28 --batch-size 128 --mode train
+    # Write the README's Performance section from saved reports
+    python tools/analysis_tools/benchmark.py --readme README.md \\
+        work_dirs/bench/*.json
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from typing import List, Optional
+
+from convmixer_mm.benchmark import (BenchmarkSettings, format_table,
+                                    run_benchmark, settings_from_config)
+from convmixer_mm.benchmark_report import update_readme
+from convmixer_mm.models import ConvMixerMM
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Time ConvMixer inference and training steps against '
+        "mmpretrain's and timm's, interleaved, with identical weights.")
+    parser.add_argument(
+        'model',
+        nargs='?',
+        help='a convmixer_mm config file or an arch name '
+        f'({", ".join(ConvMixerMM.arch_settings)})')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument(
+        '--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+        help='autocast dtype of every candidate that names none')
+    parser.add_argument(
+        '--channels-last', choices=['on', 'off'], default='on',
+        help='channels_last model and data for our main candidate')
+    parser.add_argument(
+        '--compile', choices=['on', 'off'], default='off',
+        help='torch.compile our main candidate')
+    parser.add_argument(
+        '--fuse', choices=['on', 'off'], default='on',
+        help='fuse_convmixer our main candidate (inference only)')
+    parser.add_argument(
+        '--with-cp', action='store_true',
+        help='gradient checkpointing in our main candidate')
+    parser.add_argument(
+        '--baselines',
+        nargs='*',
+        default=['mmpretrain', 'timm', 'mmpretrain+cl', 'timm+cl'],
+        help='candidates to compare with (timm ones are dropped when timm '
+        'is not installed)')
+    parser.add_argument(
+        '--candidates',
+        nargs='+',
+        help='the full candidate list instead of the main candidate and '
+        'baselines, e.g. ours+cl+fuse ours+cl+fuse+bf16 mmpretrain')
+    parser.add_argument(
+        '--mode',
+        choices=['inference', 'train', 'both'],
+        default='inference')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--rounds', type=int, default=10)
+    parser.add_argument('--threads', type=int, help='torch threads')
+    parser.add_argument(
+        '--no-memory', action='store_true', help='skip peak memory')
+    parser.add_argument('--out', help='write the JSON report here')
+    parser.add_argument(
+        '--readme',
+        metavar='README',
+        help='instead of benchmarking, rewrite the "## Performance" '
+        'section of README from the JSON reports given as the positional '
+        'arguments')
+    parser.add_argument('reports', nargs='*', help='JSON reports (--readme)')
+    return parser.parse_args(argv)
+
+
+def main_candidate(args: argparse.Namespace) -> str:
+    flags = [
+        flag for flag, on in (('cl', args.channels_last == 'on'),
+                              ('fuse', args.fuse == 'on'),
+                              ('compile', args.compile == 'on'),
+                              ('cp', args.with_cp)) if on
+    ]
+    return '+'.join(['ours'] + flags)
+
+
+def have_timm() -> bool:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.readme:
+        update_readme(args.readme, [args.model] + args.reports
+                      if args.model else args.reports)
+        print(f'Updated the Performance section of {args.readme}.')
+        return
+    if args.model is None:
+        sys.exit('Give a config file or an arch name.')
+    candidates = args.candidates or [main_candidate(args)] + args.baselines
+    if not have_timm():
+        candidates = [c for c in candidates if not c.startswith('timm')]
+    fields = dict(
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        device=args.device,
+        dtype=args.dtype,
+        candidates=candidates,
+        modes=['inference', 'train'] if args.mode == 'both' else [args.mode],
+        warmup=args.warmup,
+        rounds=args.rounds,
+        memory=not args.no_memory,
+        threads=args.threads)
+    if args.model.endswith('.py'):
+        if not osp.isfile(args.model):
+            sys.exit(f'Config {args.model} does not exist.')
+        settings = settings_from_config(args.model, **fields)
+    else:
+        settings = BenchmarkSettings(
+            arch=ConvMixerMM._parse_arch(args.model), **fields)
+    report = run_benchmark(settings)
+    print(format_table(report))
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        tmp = args.out + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, args.out)
+        print(f'Wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
