@@ -80,7 +80,10 @@ setup(
         'mmpretrain>=1.2.0,<1.3.0',
     ],
     extras_require={
-        'tests': ['pytest', 'timm', 'onnx', 'onnxruntime', 'onnxscript'],
+        'tests': [
+            'pytest', 'timm', 'onnx', 'onnxruntime', 'onnxscript',
+            'tensorboard'
+        ],
         'mmcv': ['mmcv>=2.0.0,<2.4.0'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
         'tensorboard': ['tensorboard'],

@@ -1,0 +1,230 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Train several configs on one budget and tabulate the results."""
+import copy
+import json
+import os
+import os.path as osp
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+
+from ..engine.launch import build_runner
+from .complexity import count_complexity
+from .curves import (Curve, apply_tensorboard_switch, epoch_curves,
+                     load_scalars, plot_curves)
+
+
+@dataclass
+class Budget:
+    """The training every model gets.
+
+    Args:
+        epochs (int): Training epochs; schedules that end at the config's
+            ``max_epochs`` are stretched or shrunk to end here.
+        train_size (int, optional): Train on the first ``train_size``
+            images of the training set. Defaults to None (all).
+        val_size (int, optional): Validate on the first ``val_size`` images
+            of the validation set. Defaults to None (all).
+        seed (int): Random seed of every run. Defaults to 0.
+    """
+    epochs: int
+    train_size: Optional[int] = None
+    val_size: Optional[int] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        sizes = {'epochs': self.epochs, 'train_size': self.train_size,
+                 'val_size': self.val_size}
+        for name, value in sizes.items():
+            if value is None and name != 'epochs':
+                continue
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f'{name}={value!r} must be a positive int.')
+
+    def describe(self) -> str:
+        """The budget in words, for the table's caption."""
+        train = ('all' if self.train_size is None else
+                 f'the first {self.train_size}')
+        val = 'all' if self.val_size is None else f'the first {self.val_size}'
+        return (f'{self.epochs} epochs on {train} training images, '
+                f'validated on {val} validation images, seed {self.seed}')
+
+
+@dataclass
+class RunResult:
+    """What one config achieved on the budget."""
+    name: str
+    params: int
+    flops: int
+    input_shape: List[int]
+    accuracy: float
+    train_images_per_s: float
+    wall_time_s: float
+    curves: Dict[str, Curve] = field(default_factory=dict)
+
+
+class TrainSpeedHook(Hook):
+    """Time the training epochs (without validation) and count images."""
+
+    # Before the checkpoint hook's after_train_epoch, so saving is not timed.
+    priority = 'VERY_HIGH'
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.
+        self._start = 0.
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        self._start = time.perf_counter()
+
+    def after_train_iter(self,
+                         runner: Runner,
+                         batch_idx: int,
+                         data_batch: Optional[dict] = None,
+                         outputs: Optional[dict] = None) -> None:
+        self.images += len(data_batch['inputs'])
+
+    def after_train_epoch(self, runner: Runner) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def apply_budget(cfg: Config, budget: Budget, work_dir: str) -> Config:
+    """A copy of ``cfg`` that trains on ``budget`` into ``work_dir``.
+
+    Validation runs after every epoch; only the last checkpoint is kept.
+    """
+    cfg = copy.deepcopy(cfg)
+    old_epochs = cfg.train_cfg.get('max_epochs')
+    if not cfg.train_cfg.get('by_epoch', True) or old_epochs is None:
+        raise ValueError('The comparison needs epoch-based configs '
+                         '(train_cfg.by_epoch=True with max_epochs).')
+    cfg.work_dir = work_dir
+    cfg.train_cfg.max_epochs = budget.epochs
+    cfg.train_cfg.val_interval = 1
+    schedulers = cfg.get('param_scheduler') or []
+    if isinstance(schedulers, dict):
+        schedulers = [schedulers]
+    for scheduler in schedulers:
+        if scheduler.get('end') == old_epochs:
+            scheduler['end'] = budget.epochs
+    cfg.train_dataloader.dataset.indices = budget.train_size
+    cfg.val_dataloader.dataset.indices = budget.val_size
+    cfg.randomness = dict(seed=budget.seed, deterministic=False)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=budget.epochs, max_keep_ckpts=1)
+    return cfg
+
+
+def train_one(cfg: Config, name: str, budget: Budget,
+              work_dir: str) -> RunResult:
+    """Train one config on the budget; measure it.
+
+    Args:
+        cfg (Config): The config.
+        name (str): Its label in the table.
+        budget (Budget): Epochs and data.
+        work_dir (str): Where its logs and checkpoint go.
+
+    Returns:
+        RunResult: Params and FLOPs at the input size of the data, the
+        last validation top-1, training throughput and wall time.
+    """
+    cfg = apply_tensorboard_switch(apply_budget(cfg, budget, work_dir))
+    runner = build_runner(cfg)
+    speed = TrainSpeedHook()
+    runner.register_hook(speed)
+    start = time.perf_counter()
+    runner.train()
+    wall_time = time.perf_counter() - start
+    model = runner.model.module if is_model_wrapper(
+        runner.model) else runner.model
+    input_shape = list(runner.val_dataloader.dataset[0]['inputs'].shape)
+    complexity = count_complexity(model, input_shape)
+    curves = epoch_curves(
+        load_scalars(runner.log_dir), ('loss', 'accuracy/top1'))
+    return RunResult(
+        name=name,
+        params=complexity['params'],
+        flops=complexity['flops'],
+        input_shape=input_shape,
+        accuracy=curves['accuracy/top1'][1][-1],
+        train_images_per_s=speed.images / speed.seconds,
+        wall_time_s=wall_time,
+        curves=curves)
+
+
+def markdown_table(results: Sequence[RunResult], budget: Budget) -> str:
+    """The results as a markdown table, with the budget stated."""
+    lines = [
+        '| Model | Params | FLOPs | Top-1 (%) | Train img/s | Wall time |',
+        '|---|---:|---:|---:|---:|---:|',
+    ]
+    for r in results:
+        lines.append(f'| {r.name} | {r.params / 1e6:.3f}M | '
+                     f'{r.flops / 1e6:.1f}M | {r.accuracy:.2f} | '
+                     f'{r.train_images_per_s:.0f} | '
+                     f'{r.wall_time_s / 60:.1f} min |')
+    shape = 'x'.join(str(s) for s in results[0].input_shape)
+    lines.append('')
+    lines.append(f'Budget: {budget.describe()}. FLOPs are multiply-adds of '
+                 f'one {shape} image; img/s counts training steps only '
+                 f'(data loading included, validation excluded) with '
+                 f'{torch.get_num_threads()} CPU threads; wall time '
+                 'includes validation after every epoch.')
+    return '\n'.join(lines) + '\n'
+
+
+def compare(configs: Sequence[str],
+            budget: Budget,
+            work_dir: str,
+            out_dir: Optional[str] = None) -> List[RunResult]:
+    """Train each config on the same budget; write a table and a plot.
+
+    Writes ``comparison.md`` (markdown table), ``comparison.png``
+    (per-epoch train loss and val top-1 of every model) and
+    ``comparison.json`` into ``out_dir``.
+
+    Args:
+        configs (Sequence[str]): Config files, trained in this order.
+        budget (Budget): Epochs and data for every config.
+        work_dir (str): Each config trains in ``work_dir/<config name>``.
+        out_dir (str, optional): Where the table and plot go. Defaults to
+            ``work_dir``.
+
+    Returns:
+        list[RunResult]: One per config.
+    """
+    if not configs:
+        raise ValueError('Pass at least one config to compare.')
+    missing = [c for c in configs if not osp.isfile(c)]
+    if missing:
+        raise FileNotFoundError(f'Config(s) {missing} do not exist.')
+    names = [osp.splitext(osp.basename(c))[0] for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f'Config names {names} must be unique: they name '
+                         'the work dirs and the table rows.')
+    out_dir = out_dir or work_dir
+    os.makedirs(out_dir, exist_ok=True)
+    cfgs = [Config.fromfile(c) for c in configs]
+    results = []
+    for cfg, name in zip(cfgs, names):
+        results.append(
+            train_one(cfg, name, budget, osp.join(work_dir, name)))
+    with open(osp.join(out_dir, 'comparison.md'), 'w') as f:
+        f.write(markdown_table(results, budget))
+    with open(osp.join(out_dir, 'comparison.json'), 'w') as f:
+        json.dump(
+            dict(budget=asdict(budget), results=[asdict(r) for r in results]),
+            f,
+            indent=2)
+    plot_curves({r.name: r.curves
+                 for r in results},
+                osp.join(out_dir, 'comparison.png'),
+                title=f'Same budget: {budget.describe()}')
+    return results

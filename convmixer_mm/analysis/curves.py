@@ -1,0 +1,172 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Per-epoch training curves from mmengine's ``vis_data/scalars.json``."""
+import json
+import os
+import os.path as osp
+from collections import defaultdict
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from mmengine.config import Config
+
+Curve = Tuple[List[int], List[float]]
+
+DEFAULT_KEYS = ('loss', 'lr', 'accuracy/top1')
+
+
+def find_scalars(path: str) -> str:
+    """The ``scalars.json`` of a work dir, a run dir, or the file itself.
+
+    mmengine writes ``WORK_DIR/<timestamp>/vis_data/scalars.json`` per run;
+    the newest run that has one is used.
+    """
+    if osp.isfile(path):
+        return path
+    if not osp.isdir(path):
+        raise FileNotFoundError(
+            f'{path!r} does not exist: pass the work dir of a training run '
+            '(e.g. work_dirs/<config name>) or its scalars.json.')
+    candidates = [osp.join(path, 'vis_data', 'scalars.json')]
+    candidates += [
+        osp.join(path, run, 'vis_data', 'scalars.json')
+        for run in sorted(os.listdir(path), reverse=True)
+    ]
+    for candidate in candidates:
+        if osp.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f'No vis_data/scalars.json under {path!r}: it is written by '
+        "mmengine's LocalVisBackend once training has logged (keep "
+        "dict(type='LocalVisBackend') in visualizer.vis_backends).")
+
+
+def load_scalars(path: str) -> List[dict]:
+    """The records of a ``scalars.json`` (one JSON object per line)."""
+    scalars = find_scalars(path)
+    records = []
+    with open(scalars) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{scalars}:{number} is not JSON ({e}): is '
+                                 'it an mmengine scalars.json?') from None
+    if not records:
+        raise ValueError(f'{scalars} is empty: training logged nothing yet.')
+    return records
+
+
+def epoch_curves(records: Sequence[dict],
+                 keys: Sequence[str] = DEFAULT_KEYS) -> Dict[str, Curve]:
+    """Per-epoch values of logged scalars.
+
+    Training records carry an ``epoch`` and are averaged over it (the
+    logger writes one every ``interval`` iterations); validation records
+    carry the epoch as ``step`` (epoch-based loops) and are taken as is.
+
+    Args:
+        records (Sequence[dict]): Records of a ``scalars.json``.
+        keys (Sequence[str]): Scalars to extract. Defaults to
+            ``('loss', 'lr', 'accuracy/top1')``.
+
+    Returns:
+        dict[str, tuple]: ``key -> (epochs, values)``.
+
+    Example:
+        >>> records = [dict(loss=2., epoch=1, step=5),
+        ...            dict(loss=1., epoch=1, step=10),
+        ...            {'accuracy/top1': 70., 'step': 1}]
+        >>> epoch_curves(records, ['loss', 'accuracy/top1'])
+        {'loss': ([1], [1.5]), 'accuracy/top1': ([1], [70.0])}
+    """
+    available = sorted({k for r in records for k in r} -
+                       {'epoch', 'iter', 'step'})
+    missing = [k for k in keys if k not in available]
+    if missing:
+        raise ValueError(f'{missing} not logged: choose from {available}.')
+    curves = {}
+    for key in keys:
+        per_epoch: Dict[int, List[float]] = defaultdict(list)
+        for record in records:
+            if key in record:
+                epoch = record.get('epoch', record['step'])
+                per_epoch[int(epoch)].append(float(record[key]))
+        epochs = sorted(per_epoch)
+        curves[key] = (epochs,
+                       [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs])
+    return curves
+
+
+def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
+                out_file: str,
+                title: Optional[str] = None) -> None:
+    """Draw one panel per scalar and one line per run, as a PNG or PDF.
+
+    Args:
+        runs (Mapping): ``run label -> epoch_curves(...)``; every run must
+            have the same keys.
+        out_file (str): Image path; its directory must exist.
+        title (str, optional): Figure title. Defaults to None.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    out_dir = osp.dirname(osp.abspath(out_file))
+    if not osp.isdir(out_dir):
+        raise FileNotFoundError(
+            f'Directory {out_dir!r} of {out_file!r} does not exist.')
+    keys = list(next(iter(runs.values())))
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, curves in runs.items():
+            epochs, values = curves[key]
+            ax.plot(epochs, values, marker='o', markersize=3, label=label)
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f'val {key}' if key.startswith('accuracy') else
+                     f'train {key}')
+        ax.grid(alpha=0.3)
+        if key == 'lr':
+            ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
+    if len(runs) > 1:
+        axes[0][-1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=80)
+    plt.close(fig)
+
+
+def apply_tensorboard_switch(cfg: Config) -> Config:
+    """Log to TensorBoard as well when the config sets ``use_tensorboard``.
+
+    With ``use_tensorboard = True`` in a config (or ``--cfg-options
+    use_tensorboard=True``), mmengine's ``TensorboardVisBackend`` is added
+    next to the visualizer's other backends, so ``vis_data/scalars.json``
+    (and :func:`plot_curves`) keeps working and event files appear beside
+    it. ``cfg`` is changed in place and returned.
+
+    Raises:
+        ImportError: TensorBoard is not installed.
+    """
+    if not cfg.get('use_tensorboard', False):
+        return cfg
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            'use_tensorboard=True needs TensorBoard: pip install '
+            "-e '.[tensorboard]' (or pip install tensorboard), or set "
+            'use_tensorboard=False.') from None
+    visualizer = cfg.setdefault('visualizer',
+                                dict(type='UniversalVisualizer'))
+    backends = list(
+        visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
+    if not any(b.get('type') == 'TensorboardVisBackend' for b in backends):
+        backends.append(dict(type='TensorboardVisBackend'))
+    visualizer['vis_backends'] = backends
+    return cfg

@@ -1,0 +1,56 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Train configs on one budget; write a markdown table and a plot.
+
+Example (the Fashion-MNIST study of the README):
+    python tools/analysis_tools/compare.py \
+        configs/compare/convmixer-256-8-p4_1xb128_fashion-mnist.py \
+        configs/compare/resnet18-w15_1xb128_fashion-mnist.py \
+        configs/compare/vit-d128-l4-p4_1xb128_fashion-mnist.py \
+        --epochs 3 --train-size 20000 --work-dir work_dirs/compare
+"""
+import argparse
+from typing import Optional, Sequence
+
+from convmixer_mm.analysis.compare import Budget, compare
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Train several configs with the same budget and '
+        'tabulate params, FLOPs, accuracy, speed and wall time.')
+    parser.add_argument('configs', nargs='+', help='config files')
+    parser.add_argument(
+        '--epochs', type=int, required=True, help='epochs per model')
+    parser.add_argument(
+        '--train-size',
+        type=int,
+        help='train on the first N training images (default: all)')
+    parser.add_argument(
+        '--val-size',
+        type=int,
+        help='validate on the first N validation images (default: all)')
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument(
+        '--work-dir',
+        default='work_dirs/compare',
+        help='parent of the per-config work dirs')
+    parser.add_argument(
+        '--out-dir',
+        help='where comparison.{md,png,json} go (default: --work-dir)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    budget = Budget(args.epochs, args.train_size, args.val_size, args.seed)
+    results = compare(args.configs, budget, args.work_dir, args.out_dir)
+    for r in results:
+        print(f'{r.name}: top-1 {r.accuracy:.2f}%, {r.params} params, '
+              f'{r.flops} FLOPs, {r.train_images_per_s:.0f} img/s, '
+              f'{r.wall_time_s:.0f} s')
+    print(f'Wrote comparison.md, comparison.png and comparison.json to '
+          f'{args.out_dir or args.work_dir}')
+
+
+if __name__ == '__main__':
+    main()
