@@ -1,5 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """ConvMixer for mmpretrain: importing this registers our modules."""
+from .apis import get_model, inference_model
 from .datasets import FashionMNISTIDX
 from .engine import (ConvMixerRunner, MixedPrecisionOptimWrapper,
                      PiecewiseLinearLR)
@@ -9,5 +10,5 @@ from .version import __version__
 __all__ = [
     'ConvMixerMM', 'ConvMixerClsHead', 'ConvMixerDataPreprocessor',
     'FashionMNISTIDX', 'ConvMixerRunner', 'MixedPrecisionOptimWrapper',
-    'PiecewiseLinearLR', '__version__'
+    'PiecewiseLinearLR', 'get_model', 'inference_model', '__version__'
 ]

@@ -1,0 +1,137 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Our model names in mmpretrain's ``ModelHub`` and the official weights.
+
+Importing ``convmixer_mm`` registers ``model-index.yml`` with mmpretrain,
+so ``mmpretrain.list_models``, ``get_model`` and ``inference_model`` know
+our names, and registers a checkpoint loader for the official release's
+URLs that converts the weights as it loads them.
+"""
+import os
+import os.path as osp
+from typing import List, Optional, Tuple
+from urllib.error import URLError
+
+import torch
+from mmengine.runner import CheckpointLoader
+from modelindex.load_model_index import load
+
+from mmpretrain.apis import ModelHub
+from ..converter import convert_state_dict, load_any_checkpoint
+
+#: Where the official release lives (the README of locuslab/convmixer
+#: links the tmp-iclr mirror, which mmpretrain's metafile also uses).
+OFFICIAL_URL_PREFIXES = (
+    'https://github.com/tmp-iclr/convmixer/releases/download/',
+    'https://github.com/locuslab/convmixer/releases/download/',
+)
+#: Set to 1 to never download: missing weights then fail at once.
+OFFLINE_ENV = 'CONVMIXER_MM_OFFLINE'
+CONVERTER = 'tools/model_converters/convmixer_to_mm.py'
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights that are neither on disk nor downloadable."""
+
+
+def find_model_index() -> Tuple[str, str]:
+    """Locate ``model-index.yml`` and the folder its config paths start at.
+
+    Installed packages ship it in ``convmixer_mm/.mim``; a source checkout
+    has it at the repository root.
+
+    Returns:
+        tuple: The model-index path and the config prefix.
+    """
+    package = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    roots = (osp.join(package, '.mim'), osp.dirname(package))
+    for root in roots:
+        path = osp.join(root, 'model-index.yml')
+        if osp.isfile(path):
+            return path, root
+    raise FileNotFoundError(
+        f'model-index.yml is in none of {list(roots)}: reinstall '
+        'convmixer_mm (pip install -e .).')
+
+
+def register_models() -> List[str]:
+    """Register our model index with mmpretrain's ``ModelHub`` (once).
+
+    Returns:
+        list[str]: Our model names.
+    """
+    path, root = find_model_index()
+    index = load(path)
+    index.build_models_with_collections()
+    names = [model.name.lower() for model in index.models]
+    if not all(ModelHub.has(name) for name in names):
+        ModelHub.register_model_index(path, config_prefix=root)
+    return names
+
+
+def missing_weights_message(source: str,
+                            url: Optional[str] = None,
+                            reason: str = 'not found') -> str:
+    """How to get weights that are not there: fetch, convert, pass.
+
+    Args:
+        source (str): The path or URL that was asked for.
+        url (str, optional): The official URL of the model's weights.
+            Defaults to ``source``.
+        reason (str): Why ``source`` cannot be used.
+    """
+    url = url or source
+    name = osp.basename(url)
+    return (f'Pretrained weights {source} are {reason}. Fetch the official '
+            f'weights on a machine with internet (wget {url}), convert '
+            f'them with `python {CONVERTER} {name} converted.pth`, and pass '
+            "pretrained='converted.pth' (or --pretrained converted.pth). "
+            f'Putting {name} in {hub_checkpoint_dir()} also works offline.')
+
+
+def hub_checkpoint_dir() -> str:
+    """torch.hub's checkpoint cache, where downloads are kept."""
+    return osp.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def fetch_official_weights(url: str) -> str:
+    """Return the cached file of an official URL, downloading it if needed.
+
+    Raises:
+        WeightsNotFoundError: Not cached, and offline or the download
+            failed; the message says how to fetch and convert the file.
+    """
+    path = osp.join(hub_checkpoint_dir(), osp.basename(url))
+    if osp.isfile(path):
+        return path
+    if os.environ.get(OFFLINE_ENV, '0') not in ('', '0'):
+        raise WeightsNotFoundError(
+            missing_weights_message(
+                url,
+                reason=f'not cached ({OFFLINE_ENV} is set, so nothing is '
+                'downloaded)'))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, path)
+    except (URLError, OSError) as err:
+        raise WeightsNotFoundError(
+            missing_weights_message(url,
+                                    reason=f'unavailable ({err})')) from err
+    return path
+
+
+def load_official_weights(filename: str, map_location=None) -> dict:
+    """mmengine checkpoint loader for the official URLs: fetch, convert.
+
+    Returns:
+        dict: ``{'state_dict': ..., 'meta': ...}`` in our layout.
+    """
+    checkpoint = load_any_checkpoint(fetch_official_weights(filename))
+    state, meta = convert_state_dict(checkpoint)
+    meta['source_file'] = osp.basename(filename)
+    return dict(state_dict=state, meta=meta)
+
+
+def register_official_loader() -> None:
+    """Route the official URLs through :func:`load_official_weights`."""
+    CheckpointLoader.register_scheme(
+        list(OFFICIAL_URL_PREFIXES), load_official_weights, force=True)

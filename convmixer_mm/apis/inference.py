@@ -1,0 +1,225 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""``get_model`` and ``inference_model`` with checks around mmpretrain's.
+
+mmpretrain's own functions work with our names too; these add what a
+user needs when something is wrong: a missing weight file names the URL
+and the conversion command, a checkpoint of any layout (official, timm,
+mmpretrain) is converted on the fly, mismatched shapes are listed key by
+key, and weights trained with another activation than the config's are
+refused instead of silently giving wrong predictions.
+"""
+import os.path as osp
+from os import PathLike
+from typing import Any, List, Optional, Tuple, Union
+
+import cv2
+import mmcv
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.model import BaseModel
+from mmengine.runner import CheckpointLoader
+
+from mmpretrain.apis import ImageClassificationInferencer, ModelHub
+from mmpretrain.apis import get_model as mm_get_model
+from ..converter import (CheckpointError, convert_state_dict,
+                         format_mismatches, load_any_checkpoint,
+                         shape_mismatches)
+from .hub import WeightsNotFoundError, missing_weights_message
+
+ModelType = Union[str, PathLike, Config]
+
+
+def _is_url(path: str) -> bool:
+    return '://' in path
+
+
+def get_model(model: ModelType,
+              pretrained: Union[bool, str, PathLike] = False,
+              device: Union[str, torch.device, None] = None,
+              **kwargs) -> BaseModel:
+    """Build a model by name or config, with checked pretrained weights.
+
+    Args:
+        model (str | PathLike | Config): A model name (see
+            ``mmpretrain.list_models('convmixer-mm*')``), a config file or
+            a config.
+        pretrained (bool | str | PathLike): ``True`` for the model's
+            predefined weights, or a checkpoint path or URL of any
+            ConvMixer layout. Defaults to False.
+        device (str | torch.device, optional): Where to put the model.
+            Defaults to None (CPU).
+        **kwargs: Overrides of the ``model`` config.
+
+    Returns:
+        BaseModel: The model in eval mode. ``model.dataset_meta`` holds the
+        class names when the checkpoint records them.
+
+    Raises:
+        WeightsNotFoundError: The weights are not on disk (or not
+            downloadable); the message says how to fetch and convert them.
+        CheckpointError: The file is not a ConvMixer checkpoint, or does
+            not fit the config (mismatched keys listed) or its activation.
+    """
+    if isinstance(pretrained, PathLike):
+        pretrained = str(pretrained)
+    if isinstance(pretrained, str) and not _is_url(pretrained) \
+            and not osp.isfile(pretrained):
+        url = None
+        if isinstance(model, str) and ModelHub.has(model.lower()):
+            url = ModelHub.get(model).weights
+        raise WeightsNotFoundError(
+            missing_weights_message(
+                pretrained, url, reason='not found: no such file'))
+    net = mm_get_model(model, pretrained=False, **kwargs)
+    source = _resolve_weights(net, model, pretrained)
+    if source is not None:
+        load_weights(net, source)
+    if device is not None:
+        net.to(device)
+    net.eval()
+    return net
+
+
+def _resolve_weights(net: BaseModel, model: ModelType,
+                     pretrained: Union[bool, str]) -> Optional[str]:
+    if pretrained is False or pretrained is None:
+        return None
+    if pretrained is not True:
+        return pretrained
+    metainfo = getattr(net, '_metainfo', None)
+    source = metainfo.weights if metainfo is not None else \
+        net._config.get('load_from')
+    if not source:
+        raise WeightsNotFoundError(
+            f'{model} has no predefined weights: pass pretrained=PATH (a '
+            'checkpoint file) instead of True.')
+    return source
+
+
+def load_weights(net: BaseModel, source: str) -> None:
+    """Load a ConvMixer checkpoint of any layout into ``net``, strictly.
+
+    Args:
+        net (BaseModel): An ``ImageClassifier`` with a ConvMixer backbone,
+            as built by :func:`get_model`.
+        source (str): A local file or a URL.
+    """
+    if _is_url(source):
+        checkpoint = CheckpointLoader.load_checkpoint(
+            source, map_location='cpu')
+    else:
+        checkpoint = load_any_checkpoint(source)
+    state, meta = convert_state_dict(checkpoint)
+    problems = shape_mismatches(state, {
+        k: tuple(v.shape)
+        for k, v in net.state_dict().items()
+    })
+    if problems:
+        raise CheckpointError(
+            f'{source} does not fit the model built from the config '
+            f'({len(problems)} mismatched keys):\n'
+            f'{format_mismatches(problems)}\nUse the config the weights '
+            'were trained or converted for (the converter prints it).')
+    old_meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    # Our own training checkpoints do not record the activation; converted
+    # and third-party ones do (or imply the release's).
+    if meta['source_layout'] != 'mmpretrain' or 'act_cfg' in (old_meta or {}):
+        _check_activation(net, meta['act_cfg']['type'], source)
+    net.load_state_dict(state, strict=True)
+    if 'dataset_meta' in meta:
+        net._dataset_meta = meta['dataset_meta']
+
+
+def _check_activation(net: BaseModel, needed: str, source: str) -> None:
+    backbone_cfg = net._config.model.backbone
+    used = backbone_cfg.get('act_cfg', dict(type='GELU'))['type']
+    if used != needed:
+        raise CheckpointError(
+            f'{source} holds weights trained with {needed}, but the config '
+            f'builds {used}: the predictions would be wrong. Use a config '
+            f'with model.backbone.act_cfg=dict(type={needed!r}) (or pass '
+            f"backbone=dict(act_cfg=dict(type={needed!r})) to get_model).")
+
+
+def load_image(img: Union[str, PathLike, np.ndarray],
+               channels: int = 3) -> np.ndarray:
+    """Read an image file as the model expects it.
+
+    Args:
+        img (str | PathLike | np.ndarray): An image file (JPEG, PNG, ...)
+            or an already loaded array, which is returned as is.
+        channels (int): 3 reads BGR colour (the ImageNet configs convert
+            to RGB), 1 reads grayscale. Defaults to 3.
+
+    Returns:
+        np.ndarray: ``(H, W, 3)`` or ``(H, W)`` uint8.
+    """
+    if isinstance(img, np.ndarray):
+        return img
+    path = str(img)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Image {path} does not exist.')
+    with open(path, 'rb') as f:
+        data = f.read()
+    flag = 'grayscale' if channels == 1 else 'color'
+    try:
+        image = mmcv.imfrombytes(data, flag=flag) if data else None
+    except cv2.error:
+        image = None
+    if image is None:
+        raise ValueError(
+            f'{path} is not an image: OpenCV cannot decode it. Pass a JPEG, '
+            'PNG or BMP file.')
+    return image
+
+
+def _in_channels(net: BaseModel) -> int:
+    return net.backbone.stem[0].in_channels
+
+
+def topk_predictions(scores: np.ndarray,
+                     classes: Optional[List[str]],
+                     k: int = 5) -> List[Tuple[int, str, float]]:
+    """The ``k`` best ``(label, class name, score)``, best first."""
+    order = np.argsort(-scores, kind='stable')[:k]
+    return [(int(i), classes[i] if classes else str(int(i)), float(scores[i]))
+            for i in order]
+
+
+def inference_model(model: Union[BaseModel, ModelType],
+                    img: Union[str, PathLike, np.ndarray],
+                    pretrained: Union[bool, str, PathLike] = False,
+                    device: Union[str, torch.device, None] = None,
+                    topk: int = 5,
+                    **kwargs) -> dict:
+    """Classify one image.
+
+    Args:
+        model (BaseModel | str | PathLike | Config): A built model, or what
+            :func:`get_model` takes.
+        img (str | PathLike | np.ndarray): The image.
+        pretrained (bool | str | PathLike): See :func:`get_model`; ignored
+            for a built model. Defaults to False.
+        device (str | torch.device, optional): See :func:`get_model`.
+        topk (int): How many classes to list. Defaults to 5.
+        **kwargs: Overrides of the ``model`` config.
+
+    Returns:
+        dict: mmpretrain's ``pred_scores``, ``pred_label``, ``pred_score``
+        (and ``pred_class`` when the classes are known), plus ``topk``, a
+        list of ``(label, class, score)``.
+    """
+    if topk < 1:
+        raise ValueError(f'topk must be at least 1, got {topk}.')
+    if not isinstance(img, np.ndarray) and not osp.isfile(img):
+        # Before building the model, which takes seconds for big ones.
+        raise FileNotFoundError(f'Image {img} does not exist.')
+    if not isinstance(model, BaseModel):
+        model = get_model(model, pretrained, device, **kwargs)
+    image = load_image(img, _in_channels(model))
+    inferencer = ImageClassificationInferencer(model, pretrained=False)
+    result: Any = inferencer(image)[0]
+    result['topk'] = topk_predictions(result['pred_scores'],
+                                      inferencer.classes, topk)
+    return result

@@ -1,0 +1,64 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Classify an image and print the top-k classes with their scores.
+
+Example::
+
+    python demo/image_demo.py demo/chelsea.jpg \\
+        convmixer-mm_1536-20_official-in1k \\
+        --pretrained convmixer-1536-20_official.pth
+"""
+import argparse
+import sys
+
+import torch
+
+from convmixer_mm.apis import inference_model
+from convmixer_mm.converter import CheckpointError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('img', help='the image file')
+    parser.add_argument(
+        'model',
+        help='a config file or a model name (mmpretrain.list_models('
+        "'convmixer-mm*'))")
+    parser.add_argument(
+        '--pretrained',
+        help='the checkpoint (any ConvMixer layout; default: the '
+        "model name's official weights, converted on the fly)")
+    parser.add_argument(
+        '--topk', type=int, default=5, help='how many classes to print')
+    parser.add_argument(
+        '--device',
+        choices=['cpu', 'cuda'],
+        default='cuda' if torch.cuda.is_available() else 'cpu',
+        help='where to run (default: cuda when available)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print(
+            'error: CUDA is not available here: use --device cpu.',
+            file=sys.stderr)
+        return 1
+    try:
+        result = inference_model(
+            args.model,
+            args.img,
+            pretrained=args.pretrained or True,
+            device=args.device,
+            topk=args.topk)
+    except (OSError, ValueError, CheckpointError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f'{args.img}:')
+    for rank, (label, name, score) in enumerate(result['topk'], 1):
+        print(f'{rank}. {name} (class {label}): {score:.4f}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

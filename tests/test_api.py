@@ -1,0 +1,272 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Our names in mmpretrain's ModelHub, get_model / inference_model (ours
+and mmpretrain's), the official-URL loader, and their errors.
+
+Budget: about 30 s on a quiet 2-core machine.
+"""
+import gzip
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+from timm.models.convmixer import ConvMixer as TimmConvMixer
+
+import mmpretrain
+from convmixer_mm.apis import (OFFICIAL_URL_PREFIXES, WeightsNotFoundError,
+                               find_model_index, get_model, inference_model,
+                               load_image)
+from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
+                                    expected_shapes)
+from convmixer_mm.models import ConvMixerMM
+from mmpretrain.apis import ImageClassificationInferencer, ModelHub
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CAT = osp.join(REPO, 'demo', 'chelsea.jpg')
+FASHION_CONFIG = osp.join(REPO, 'configs', 'convmixer',
+                          'convmixer-128-4-p4_1xb128_fashion-mnist.py')
+NAME = 'convmixer-mm_1024-20_official-in1k'
+OURS = {
+    'convmixer-mm_768-32_official-in1k': 'convmixer-768-32_3rdparty_in1k',
+    NAME: 'convmixer-1024-20_3rdparty_in1k',
+    'convmixer-mm_1536-20_official-in1k': 'convmixer-1536-20_3rdparty_in1k',
+}
+
+
+def official_1024_20():
+    """The official ``nn.Sequential`` ConvMixer-1024/20 (kernel 9, patch
+    14), random weights with random BN statistics."""
+
+    class Residual(nn.Module):
+
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x) + x
+
+    dim, act = 1024, nn.GELU
+    model = nn.Sequential(
+        nn.Conv2d(3, dim, 14, stride=14), act(), nn.BatchNorm2d(dim), *[
+            nn.Sequential(
+                Residual(
+                    nn.Sequential(
+                        nn.Conv2d(dim, dim, 9, groups=dim, padding='same'),
+                        act(), nn.BatchNorm2d(dim))), nn.Conv2d(dim, dim, 1),
+                act(), nn.BatchNorm2d(dim)) for _ in range(20)
+        ], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, 1000))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def official(tmp_path_factory):
+    """The reference model, its release-style file and our conversion."""
+    folder = tmp_path_factory.mktemp('official')
+    model = official_1024_20()
+    release = str(folder / 'convmixer_1024_20_ks9_p14.pth.tar')
+    torch.save({'state_dict': model.state_dict()}, release)
+    converted = str(folder / 'converted.pth')
+    convert_checkpoint(release, converted)
+    return model, release, converted
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x, mode='tensor') if hasattr(model, 'backbone') \
+            else model(x)
+
+
+def test_names_in_model_hub():
+    found = mmpretrain.list_models('*convmixer*')
+    assert set(OURS) | set(OURS.values()) <= set(found)
+    # Ours do not shadow mmpretrain's own names.
+    for name in OURS:
+        assert not name.startswith(
+            ('convmixer-768-32_', 'convmixer-1024-20_', 'convmixer-1536-20_'))
+    assert set(ImageClassificationInferencer.list_models('convmixer-mm')) \
+        == set(OURS)
+
+
+def test_metafile():
+    """Configs resolve, weights are the official release, parameters match
+    the shapes and mmpretrain's independent count, FLOPs the arithmetic."""
+    path, root = find_model_index()
+    with open(osp.join(REPO, 'configs', 'convmixer', 'metafile.yml')) as f:
+        models = {m['Name']: m for m in yaml.safe_load(f)['Models']}
+    assert set(models) == set(OURS)
+    for name, theirs in OURS.items():
+        entry = ModelHub.get(name)
+        assert osp.isfile(entry.config.filename)
+        assert entry.config.filename.startswith(root)
+        assert entry.weights.startswith(OFFICIAL_URL_PREFIXES)
+        arch = dict(
+            ConvMixerMM.arch_settings[entry.config.model.backbone.arch],
+            in_channels=3,
+            num_classes=entry.config.model.head.num_classes)
+        count = sum(
+            int(np.prod(shape))
+            for key, shape in expected_shapes(arch).items()
+            if key.endswith(('.weight', '.bias')))
+        assert models[name]['Metadata']['Parameters'] == count
+        assert ModelHub.get(theirs).metadata.parameters == count
+        # Multiply-accumulates of the convolutions and the classifier at
+        # 224 px; mmengine's counter adds a little (bias / BN terms).
+        tokens = (224 // arch['patch_size'])**2
+        dims = arch['embed_dims']
+        macs = tokens * dims * (3 * arch['patch_size']**2) + \
+            arch['depth'] * tokens * dims * (arch['kernel_size']**2 + dims) \
+            + dims * 1000
+        flops = models[name]['Metadata']['FLOPs']
+        assert macs <= flops <= 1.01 * macs
+
+
+def test_mmpretrain_get_model_and_inference(official):
+    """mmpretrain's own API loads our names with a local file."""
+    model, _, converted = official
+    x = torch.randn(1, 3, 56, 56)
+    net = mmpretrain.get_model(NAME, pretrained=converted)
+    assert (logits(net, x) - logits(model, x)).abs().max() <= 1e-4
+    assert net._dataset_meta['classes'][281] == 'tabby, tabby cat'
+    result = mmpretrain.inference_model(NAME, CAT, pretrained=converted)
+    assert result['pred_class'] == net._dataset_meta['classes'][
+        result['pred_label']]
+    ours = inference_model(NAME, CAT, pretrained=converted, topk=3)
+    np.testing.assert_allclose(
+        ours['pred_scores'], result['pred_scores'], atol=1e-6)
+    scores = ours['pred_scores']
+    assert [label for label, _, _ in ours['topk']] == \
+        list(np.argsort(-scores)[:3])
+    assert ours['topk'][0][1] == result['pred_class']
+    inferencer = ImageClassificationInferencer(
+        ModelHub.get(NAME).config.filename, pretrained=converted)
+    np.testing.assert_allclose(
+        inferencer(CAT)[0]['pred_scores'], scores, atol=1e-6)
+
+
+def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
+    """``pretrained=True`` fetches the official release (here from
+    torch.hub's cache, as offline users place it) and converts it."""
+    model, release, _ = official
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setenv('CONVMIXER_MM_OFFLINE', '1')
+    with pytest.raises(WeightsNotFoundError) as info:
+        get_model(NAME, pretrained=True)
+    message = str(info.value)
+    assert ModelHub.get(NAME).weights in message
+    assert 'tools/model_converters/convmixer_to_mm.py' in message
+    assert str(tmp_path / 'hub' / 'checkpoints') in message
+    cache = tmp_path / 'hub' / 'checkpoints'
+    cache.mkdir(parents=True)
+    (cache / osp.basename(release)).symlink_to(release)
+    x = torch.randn(1, 3, 28, 28)
+    for net in (mmpretrain.get_model(NAME, pretrained=True),
+                get_model(NAME, pretrained=True)):
+        assert (logits(net, x) - logits(model, x)).abs().max() <= 1e-4
+        assert len(net._dataset_meta['classes']) == 1000
+
+
+def test_any_layout_loads_directly(official):
+    """Our get_model converts an unconverted release file in memory."""
+    model, release, _ = official
+    x = torch.randn(1, 3, 28, 28)
+    net = get_model(NAME, pretrained=release)
+    assert (logits(net, x) - logits(model, x)).abs().max() <= 1e-4
+
+
+def test_missing_weight_file(tmp_path):
+    missing = str(tmp_path / 'missing.pth')
+    with pytest.raises(WeightsNotFoundError) as info:
+        get_model(NAME, pretrained=missing)
+    message = str(info.value)
+    assert missing in message and 'no such file' in message
+    assert ModelHub.get(NAME).weights in message
+    with pytest.raises(
+            WeightsNotFoundError,
+            match='has no predefined weights: pass '
+            'pretrained=PATH'):
+        get_model(FASHION_CONFIG, pretrained=True)
+
+
+def _fashion(tmp_path, act='gelu', in_chans=1, dims=128, seed=0):
+    """A timm ConvMixer shaped like our Fashion-MNIST config, converted."""
+    torch.manual_seed(seed)
+    reference = TimmConvMixer(
+        dims,
+        4,
+        kernel_size=5,
+        patch_size=4,
+        in_chans=in_chans,
+        num_classes=10).eval()
+    torch.save(reference.state_dict(), tmp_path / 'timm.pth')
+    converted = str(tmp_path / f'converted-{act}-{dims}.pth')
+    convert_checkpoint(str(tmp_path / 'timm.pth'), converted, act=act)
+    return reference, converted
+
+
+def test_shape_mismatch_lists_keys(tmp_path):
+    _, converted = _fashion(tmp_path, dims=64)
+    with pytest.raises(CheckpointError) as info:
+        get_model(FASHION_CONFIG, pretrained=converted)
+    message = str(info.value)
+    # Every conv, BN and fc tensor but the BN counters and the fc bias.
+    assert '(55 mismatched keys)' in message and '... and 45 more' in message
+    assert 'backbone.stem.0.weight: checkpoint (64, 1, 4, 4) vs model ' \
+        '(128, 1, 4, 4)' in message
+
+
+def test_activation_mismatch_is_refused(tmp_path):
+    _, converted = _fashion(tmp_path, act='relu')
+    with pytest.raises(
+            CheckpointError,
+            match='trained with ReLU, but the config builds GELU'):
+        get_model(FASHION_CONFIG, pretrained=converted)
+    net = get_model(
+        FASHION_CONFIG,
+        pretrained=converted,
+        backbone=dict(act_cfg=dict(type='ReLU')))
+    assert isinstance(net.backbone.stem[1], nn.ReLU)
+
+
+def test_grayscale_inference_matches_reference(tmp_path):
+    """A real Fashion-MNIST test image, as a PNG, through our config's
+    pipeline equals the timm model on the normalized pixels."""
+    reference, converted = _fashion(tmp_path)
+    path = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
+    with gzip.open(path) as f:
+        pixels = np.frombuffer(f.read(), np.uint8, offset=16)[:784]
+    image = pixels.reshape(28, 28)
+    png = str(tmp_path / 'ankle-boot.png')
+    cv2.imwrite(png, image)
+    result = inference_model(FASHION_CONFIG, png, pretrained=converted)
+    with torch.no_grad():
+        x = (torch.from_numpy(image.astype(np.float32)) - 72.94) / 90.02
+        expected = reference(x[None, None]).softmax(1)[0].numpy()
+    np.testing.assert_allclose(result['pred_scores'], expected, atol=1e-5)
+    # Fashion-MNIST's class names come from the config's test dataset.
+    assert result['topk'][0][1] in mmpretrain.datasets.FashionMNIST.METAINFO[
+        'classes']
+
+
+def test_image_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nope.jpg does not exist'):
+        load_image(str(tmp_path / 'nope.jpg'))
+    text = tmp_path / 'notes.jpg'
+    text.write_text('not an image')
+    with pytest.raises(ValueError, match='notes.jpg is not an image'):
+        load_image(str(text))
+    empty = tmp_path / 'empty.png'
+    empty.write_bytes(b'')
+    with pytest.raises(ValueError, match='empty.png is not an image'):
+        load_image(str(empty))
+    assert load_image(CAT).shape == (300, 451, 3)
+    assert load_image(CAT, channels=1).shape == (300, 451)

@@ -1,0 +1,69 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Convert an official, timm or mmpretrain ConvMixer checkpoint.
+
+Example::
+
+    python tools/model_converters/convmixer_to_mm.py \\
+        convmixer_768_32_ks7_p7_relu.pth.tar convmixer-768-32_official.pth
+"""
+import argparse
+import sys
+
+from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
+                                    describe_conversion)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Convert a ConvMixer checkpoint (official nn.Sequential, '
+        'timm or mmpretrain layout; detected from the keys) for '
+        'convmixer_mm, or back to timm/official with --to.')
+    parser.add_argument('src', help='the checkpoint to convert')
+    parser.add_argument('dst', help='where to write the result')
+    parser.add_argument(
+        '--arch',
+        help='fail unless the checkpoint is this arch: 768/32, 1024/20, '
+        '1536/20 or DIM/DEPTH/KERNEL/PATCH')
+    parser.add_argument(
+        '--act',
+        choices=['relu', 'gelu'],
+        help='the activation the weights were trained with (default: relu '
+        'for 768/32, gelu otherwise, as the official release)')
+    parser.add_argument(
+        '--config', help='fail unless the checkpoint fits this config')
+    parser.add_argument(
+        '--to',
+        choices=['mmpretrain', 'timm', 'official'],
+        default='mmpretrain',
+        help='the layout to write (default: mmpretrain, ours)')
+    parser.add_argument(
+        '--ema',
+        action='store_true',
+        help='convert state_dict_ema rather than state_dict')
+    parser.add_argument(
+        '--force', action='store_true', help='overwrite DST if it exists')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        meta = convert_checkpoint(
+            args.src,
+            args.dst,
+            arch=args.arch,
+            act=args.act,
+            config=args.config,
+            to=args.to,
+            use_ema=args.ema,
+            force=args.force)
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(describe_conversion(meta))
+    print(f'Wrote {args.dst} ({args.to} layout).')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
