@@ -14,6 +14,7 @@ import copyreg
 import os
 import os.path as osp
 import pickle
+import re
 import zipfile
 from typing import Callable, Dict, Iterator, List, Union
 
@@ -121,20 +122,25 @@ def load_checkpoint_file(filename: str,
         else:
             checkpoint = _load_checkpoint(filename, map_location=map_location)
     except pickle.UnpicklingError as e:
-        if 'weights only load failed' not in str(e).lower():
-            raise CheckpointError(
-                f'checkpoint {filename!r} is corrupt ({_first_line(e)}): use '
-                'an earlier checkpoint or save it again.') from None
+        # The weights-only unpickler names the Python object it refused
+        # ("unsupported GLOBAL posix.system", "Can only build ..."); any
+        # other failure means the bytes are not a valid pickle.
         unsafe = [
             line.strip() for line in str(e).splitlines()
-            if 'unsupported global' in line.lower()
+            if re.search(r'global|can only build|call reduce', line, re.I)
+            and 'torch.load' not in line
         ]
+        if not unsafe:
+            raise CheckpointError(
+                f'checkpoint {filename!r} is corrupt or truncated (not a '
+                'valid pickle): use an earlier checkpoint of the work dir '
+                'or save / download it again.') from None
         raise CheckpointError(
             f'checkpoint {filename!r} was refused: it holds Python objects '
             'that are not weights and could run code when loaded '
-            f'({"; ".join(unsafe) or _first_line(e)}). Use a checkpoint '
-            'saved by this training or a converted one; never turn '
-            '`weights_only` off for a file you do not trust.') from None
+            f'({" ".join(unsafe)}). Use a checkpoint saved by this '
+            'training or a converted one; never turn `weights_only` off '
+            'for a file you do not trust.') from None
     except (RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as e:
         raise CheckpointError(
