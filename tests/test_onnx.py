@@ -144,6 +144,11 @@ def test_bad_config_and_checkpoint(tmp_path, config_and_checkpoint):
     torch.save({'state_dict': build(3).state_dict()}, other)
     with pytest.raises(CheckpointError, match='does not fit'):
         build_classifier(config, str(other))
+    # The tool checks the cheap arguments before loading anything.
+    tool = load_tool('tools/deployment/pytorch2onnx.py')
+    with pytest.raises(ValueError, match='opset=9'):
+        tool.main([config, 'missing.pth', str(tmp_path / 'a.onnx'),
+                   '--opset', '9'])
 
 
 def test_bad_output_and_opset(tmp_path):

@@ -85,15 +85,22 @@ def _input_channels(model: nn.Module) -> int:
                      'from: pass them in input_shape.')
 
 
-def _check_opset(opset: int) -> None:
+def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
+    """Validate the output path and opset before any work is done.
+
+    Returns:
+        str: The absolute output path.
+
+    Raises:
+        ValueError: ``opset`` is out of range or ``out_file`` is not .onnx.
+        OSError: ``out_file`` is a directory, exists (without
+            ``overwrite``), or its directory is missing or not writable.
+    """
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(
             f'opset={opset!r} is not supported: use an int in '
             f'[{MIN_OPSET}, {MAX_OPSET}] ({DYNAMO_MIN_OPSET}+ uses the '
             f'dynamo exporter, below it the TorchScript one).')
-
-
-def _check_output(out_file: str, overwrite: bool) -> str:
     out_file = osp.abspath(out_file)
     if not out_file.endswith('.onnx'):
         raise ValueError(f'Output {out_file!r} must end with .onnx.')
@@ -255,8 +262,7 @@ def export_onnx(model: nn.Module,
         >>> print(sorted(diffs), max(diffs.values()) < 1e-4)
         [1, 3] True
     """
-    _check_opset(opset)
-    out_file = _check_output(out_file, overwrite)
+    out_file = check_export_args(out_file, opset, overwrite)
     if not getattr(model, 'with_head', False):
         raise ValueError('Only classifiers with a head can be exported: the '
                          'config needs model.head.')

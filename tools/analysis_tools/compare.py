@@ -9,9 +9,11 @@ Example (the Fashion-MNIST study of the README):
         --epochs 3 --train-size 20000 --work-dir work_dirs/compare
 """
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from convmixer_mm.analysis.compare import Budget, compare
+from convmixer_mm.engine import CheckpointError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,4 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (OSError, ValueError, ImportError, CheckpointError) as e:
+        sys.exit(f'error: {e}')

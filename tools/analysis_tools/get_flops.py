@@ -8,6 +8,7 @@ it skips). Example:
         configs/convmixer/convmixer-1536-20_10xb64_in1k.py --shape 224 224
 """
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from convmixer_mm.analysis import config_complexity
@@ -41,4 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as e:
+        sys.exit(f'error: {e}')

@@ -7,6 +7,7 @@ Example:
 """
 import argparse
 import os.path as osp
+import sys
 from typing import Optional, Sequence
 
 from convmixer_mm.analysis.curves import (DEFAULT_KEYS, epoch_curves,
@@ -46,4 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as e:
+        sys.exit(f'error: {e}')

@@ -7,11 +7,14 @@ Example:
         convmixer.onnx --dynamic-batch --opset 18
 """
 import argparse
+import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.deploy import build_classifier, export_onnx, opset_of
+from convmixer_mm.deploy import (ExportError, build_classifier,
+                                 check_export_args, export_onnx, opset_of)
 from convmixer_mm.deploy.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
                                              MIN_OPSET)
+from convmixer_mm.engine import CheckpointError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -50,6 +53,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    # Fail on a bad opset or output before loading anything.
+    check_export_args(args.out, args.opset, args.overwrite)
     model = build_classifier(args.config, args.checkpoint)
     diffs = export_onnx(
         model,
@@ -66,4 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (OSError, ValueError, CheckpointError, ExportError) as e:
+        sys.exit(f'error: {e}')
