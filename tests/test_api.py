@@ -23,6 +23,7 @@ from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
                                     expected_shapes)
 from convmixer_mm.models import ConvMixerMM
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
+from official_convmixer import official_convmixer, randomize
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CAT = osp.join(REPO, 'demo', 'chelsea.jpg')
@@ -37,35 +38,8 @@ OURS = {
 
 
 def official_1024_20():
-    """The official ``nn.Sequential`` ConvMixer-1024/20 (kernel 9, patch
-    14), random weights with random BN statistics."""
-
-    class Residual(nn.Module):
-
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x) + x
-
-    dim, act = 1024, nn.GELU
-    model = nn.Sequential(
-        nn.Conv2d(3, dim, 14, stride=14), act(), nn.BatchNorm2d(dim), *[
-            nn.Sequential(
-                Residual(
-                    nn.Sequential(
-                        nn.Conv2d(dim, dim, 9, groups=dim, padding='same'),
-                        act(), nn.BatchNorm2d(dim))), nn.Conv2d(dim, dim, 1),
-                act(), nn.BatchNorm2d(dim)) for _ in range(20)
-        ], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, 1000))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-    return model.eval()
+    """The official ConvMixer-1024/20 (kernel 9, patch 14), random."""
+    return randomize(official_convmixer(1024, 20, 9, 14), 0)
 
 
 @pytest.fixture(scope='module')
