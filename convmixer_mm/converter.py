@@ -32,13 +32,8 @@ LAYOUTS = ('official', 'timm', 'mmpretrain')
 WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema')
 ARCH_KEYS = ('embed_dims', 'depth', 'kernel_size', 'patch_size')
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var')
-# The released 768/32 weights were trained with ReLU, every other with GELU.
-RELU_ARCHS = ({
-    'embed_dims': 768,
-    'depth': 32,
-    'kernel_size': 7,
-    'patch_size': 7
-}, )
+# The released 768/32 weights were trained with ReLU, all others with GELU.
+RELU_ARCH = ConvMixerMM.arch_settings['768/32']
 CONFIG_DIR = 'configs/convmixer'
 
 StateDict = Dict[str, torch.Tensor]
@@ -417,7 +412,7 @@ def arch_name(arch: Mapping[str, int]) -> Optional[str]:
 
 def default_act(arch: Mapping[str, int]) -> str:
     """The activation the released weights of ``arch`` were trained with."""
-    relu = any(all(arch[k] == r[k] for k in ARCH_KEYS) for r in RELU_ARCHS)
+    relu = all(arch[k] == v for k, v in RELU_ARCH.items())
     return 'ReLU' if relu else 'GELU'
 
 

@@ -224,6 +224,10 @@ def test_safetensors_source(tmp_path):
         str(tmp_path / 'model.safetensors'), str(tmp_path / 'mm.pth'))
     assert meta['source_layout'] == 'timm'
     assert meta['arch']['num_classes'] == 5 and 'dataset_meta' not in meta
+    (tmp_path / 'bad.safetensors').write_bytes(b'garbage')
+    with pytest.raises(CheckpointError, match='not a safetensors checkpoint'):
+        convert_checkpoint(
+            str(tmp_path / 'bad.safetensors'), str(tmp_path / 'bad.pth'))
 
 
 def test_cli(tmp_path, capsys):
