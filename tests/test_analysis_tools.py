@@ -6,6 +6,7 @@ import json
 import os.path as osp
 
 import pytest
+import torch
 import yaml
 from mmengine.analysis import get_model_complexity_info
 from mmengine.config import Config
@@ -280,3 +281,32 @@ def test_use_tensorboard_writes_event_files(tmp_path):
     assert load_scalars(str(tmp_path / 'run'))[-1]['accuracy/top1'] == (
         pytest.approx(result.accuracy))
 
+
+
+def test_imagenette_pipelines_on_an_imagenette_layout(tmp_path):
+    # The configs only: generated JPEGs in Imagenette's folder layout check
+    # that the dataset, its class order and both pipelines build and run.
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+    from PIL import Image
+    init_default_scope('mmpretrain')
+    wnids = [
+        'n01440764', 'n02102040', 'n02979186', 'n03000684', 'n03028079',
+        'n03394916', 'n03417042', 'n03425413', 'n03445777', 'n03888605'
+    ]
+    pixels = torch.randint(0, 256, (160, 213, 3), dtype=torch.uint8)
+    for split in ('train', 'val'):
+        for wnid in wnids:
+            (tmp_path / split / wnid).mkdir(parents=True)
+            Image.fromarray(pixels.numpy()).save(
+                tmp_path / split / wnid / f'{wnid}_1.JPEG')
+    cfg = Config.fromfile(
+        osp.join(COMPARE, 'convmixer-256-8-p8_1xb128_imagenette-160.py'))
+    for loader in ('train_dataloader', 'val_dataloader'):
+        cfg[loader].dataset.data_root = str(tmp_path)
+        dataset = DATASETS.build(cfg[loader].dataset)
+        assert len(dataset) == 10
+        item = dataset[3]
+        assert item['inputs'].shape == (3, 160, 160)
+        assert int(item['data_samples'].gt_label) == 3
+        assert dataset.metainfo['classes'][3] == 'chain saw'
