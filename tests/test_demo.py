@@ -3,6 +3,7 @@
 
 Budget: about 20 s on a quiet 2-core machine (one subprocess run).
 """
+import gzip
 import importlib.util
 import os.path as osp
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from timm.models.convmixer import ConvMixer as TimmConvMixer
@@ -20,6 +22,7 @@ from mmpretrain.datasets.categories import FASHIONMNIST_CATEGORITES
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'demo', 'image_demo.py')
 CAT = osp.join(REPO, 'demo', 'chelsea.jpg')
+BOOT = osp.join(REPO, 'demo', 'fashion-mnist_t10k-0_ankle-boot.png')
 FASHION_CONFIG = osp.join(REPO, 'configs', 'convmixer',
                           'convmixer-128-4-p4_1xb128_fashion-mnist.py')
 LINE = re.compile(r'^(\d+)\. (.+) \(class (\d+)\): (\d\.\d{4})$')
@@ -53,6 +56,19 @@ def test_shipped_photo_is_a_real_small_jpeg():
     assert image.std() > 30
 
 
+def test_shipped_fashion_mnist_image_is_the_real_one():
+    """The first Fashion-MNIST test image, pixel for pixel (an ankle boot)."""
+    root = '/usr/share/datasets/fashion-mnist'
+    with gzip.open(osp.join(root, 't10k-images-idx3-ubyte.gz')) as f:
+        pixels = np.frombuffer(f.read(), np.uint8, offset=16)[:784]
+    with gzip.open(osp.join(root, 't10k-labels-idx1-ubyte.gz')) as f:
+        label = f.read()[8]
+    image = cv2.imread(BOOT, cv2.IMREAD_UNCHANGED)
+    assert image.shape == (28, 28)
+    np.testing.assert_array_equal(image, pixels.reshape(28, 28))
+    assert FASHIONMNIST_CATEGORITES[label] == 'Ankle boot'
+
+
 def parse(out):
     rows = [LINE.match(line) for line in out.strip().splitlines()[1:]]
     assert all(rows), out
@@ -62,11 +78,11 @@ def parse(out):
 def test_prints_topk(checkpoint, capsys):
     demo = load_demo()
     assert demo.main([
-        CAT, FASHION_CONFIG, '--pretrained', checkpoint, '--topk', '3',
+        BOOT, FASHION_CONFIG, '--pretrained', checkpoint, '--topk', '3',
         '--device', 'cpu'
     ]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f'{CAT}:\n')
+    assert out.startswith(f'{BOOT}:\n')
     rows = parse(out)
     assert [rank for rank, *_ in rows] == [1, 2, 3]
     scores = [score for *_, score in rows]
