@@ -73,8 +73,9 @@ def test_names_in_model_hub():
 
 def test_metafile():
     """Configs resolve, weights are the official release, parameters match
-    the shapes and mmpretrain's independent count, FLOPs the arithmetic."""
-    path, root = find_model_index()
+    the shapes and mmpretrain's independent count (FLOPs are checked in
+    test_analysis_tools.py)."""
+    _, root = find_model_index()
     with open(osp.join(REPO, 'configs', 'convmixer', 'metafile.yml')) as f:
         models = {m['Name']: m for m in yaml.safe_load(f)['Models']}
     assert set(models) == set(OURS)
@@ -93,15 +94,6 @@ def test_metafile():
             if key.endswith(('.weight', '.bias')))
         assert models[name]['Metadata']['Parameters'] == count
         assert ModelHub.get(theirs).metadata.parameters == count
-        # Multiply-accumulates of the convolutions and the classifier at
-        # 224 px; mmengine's counter adds a little (bias / BN terms).
-        tokens = (224 // arch['patch_size'])**2
-        dims = arch['embed_dims']
-        macs = tokens * dims * (3 * arch['patch_size']**2) + \
-            arch['depth'] * tokens * dims * (arch['kernel_size']**2 + dims) \
-            + dims * 1000
-        flops = models[name]['Metadata']['FLOPs']
-        assert macs <= flops <= 1.01 * macs
 
 
 def test_mmpretrain_get_model_and_inference(official):
