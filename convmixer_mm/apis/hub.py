@@ -9,7 +9,6 @@ URLs that converts the weights as it loads them.
 import os
 import os.path as osp
 from typing import List, Optional, Tuple
-from urllib.error import URLError
 
 import torch
 from mmengine.runner import CheckpointLoader
@@ -112,14 +111,14 @@ def fetch_official_weights(url: str) -> str:
     os.makedirs(osp.dirname(path), exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, path)
-    except (URLError, OSError) as err:
+    except OSError as err:  # URLError included
         raise WeightsNotFoundError(
             missing_weights_message(url,
                                     reason=f'unavailable ({err})')) from err
     return path
 
 
-def load_official_weights(filename: str, map_location=None) -> dict:
+def load_from_official_release(filename: str, map_location=None) -> dict:
     """mmengine checkpoint loader for the official URLs: fetch, convert.
 
     Returns:
@@ -132,6 +131,6 @@ def load_official_weights(filename: str, map_location=None) -> dict:
 
 
 def register_official_loader() -> None:
-    """Route the official URLs through :func:`load_official_weights`."""
+    """Route the official URLs through :func:`load_from_official_release`."""
     CheckpointLoader.register_scheme(
-        list(OFFICIAL_URL_PREFIXES), load_official_weights, force=True)
+        list(OFFICIAL_URL_PREFIXES), load_from_official_release, force=True)
