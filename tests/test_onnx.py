@@ -17,6 +17,7 @@ from mmpretrain.registry import MODELS  # noqa: E402
 from convmixer_mm.deploy import (ExportError, build_classifier,  # noqa: E402
                                  export_onnx, opset_of)
 from convmixer_mm.engine import CheckpointError  # noqa: E402
+from convmixer_mm.engine.launch import ConfigError  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -136,7 +137,7 @@ def test_tool_exports_a_checkpoint(tmp_path, config_and_checkpoint, capsys):
 
 def test_bad_config_and_checkpoint(tmp_path, config_and_checkpoint):
     config, checkpoint = config_and_checkpoint
-    with pytest.raises(FileNotFoundError, match='Config .* does not exist'):
+    with pytest.raises(ConfigError, match='missing.py.* does not exist'):
         build_classifier(str(tmp_path / 'missing.py'), checkpoint)
     with pytest.raises(CheckpointError, match='does not exist'):
         build_classifier(config, str(tmp_path / 'missing.pth'))

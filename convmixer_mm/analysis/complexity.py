@@ -1,7 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Parameters and FLOPs of a model, with mmengine's counter."""
 import math
-import os.path as osp
 from collections import Counter
 from typing import Any, Dict, List, Sequence, Union
 
@@ -12,6 +11,7 @@ from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 
 from ..deploy import build_classifier
+from ..engine.launch import load_config
 
 
 def convolution_mode_flop_jit(inputs: List[Any],
@@ -115,11 +115,7 @@ def config_complexity(config: Union[str, Config],
         dict: ``params``, ``flops`` and the ``input_shape`` used.
     """
     if isinstance(config, str):
-        if not osp.isfile(config):
-            raise FileNotFoundError(
-                f'Config {config!r} does not exist: pass the path of a '
-                'config file.')
-        config = Config.fromfile(config)
+        config = load_config(config)
     input_shape = input_shape_of(config, shape)
     result = count_complexity(build_classifier(config), input_shape)
     result['input_shape'] = input_shape

@@ -15,6 +15,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
 from ..engine import check_fits, load_checkpoint_file
+from ..engine.launch import load_config
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
@@ -53,16 +54,12 @@ def build_classifier(config: Union[str, Config],
         nn.Module: The classifier, on CPU, in eval mode.
 
     Raises:
-        FileNotFoundError: The config does not exist.
+        ConfigError: The config does not exist.
         CheckpointError: The checkpoint is missing, unreadable or does not
             fit the model.
     """
     if isinstance(config, str):
-        if not osp.isfile(config):
-            raise FileNotFoundError(
-                f'Config {config!r} does not exist: pass the path of a '
-                'config file, e.g. configs/convmixer/...py.')
-        config = Config.fromfile(config)
+        config = load_config(config)
     # Read the checkpoint before building, so a wrong path fails at once.
     state = None if checkpoint is None else load_checkpoint_file(checkpoint)
     model_cfg = config.model.copy()

@@ -3,7 +3,7 @@
 # imagenette2-160.tgz into data/, giving data/imagenette2-160/{train,val}/
 # <wnid>/*.JPEG (9,469 training and 3,925 validation images, 10 classes).
 # Optimiser: the ConvMixer Fashion-MNIST recipe (AdamW, one-cycle), over 40
-# epochs.
+# epochs (the one-cycle schedule follows max_epochs).
 _base_ = [
     '../../_base_/schedules/fashion_mnist_bs128_adamw_onecycle.py',
     '../../_base_/default_runtime.py',
@@ -64,16 +64,6 @@ val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
 
-param_scheduler = [
-    dict(
-        type='PiecewiseLinearLR',
-        milestones=(0., 0.4, 0.8, 1.),
-        factors=(0., 1., 0.05, 0.),
-        by_epoch=True,
-        begin=0,
-        end=40,
-        convert_to_iter_based=True),
-]
 train_cfg = dict(by_epoch=True, max_epochs=40, val_interval=1)
 
 default_hooks = dict(logger=dict(interval=20))
