@@ -473,7 +473,13 @@ def convert_state_dict(checkpoint: Any,
     cfg_act = None
     if config is not None:
         cfg_arch, cfg_act = arch_from_config(config)
-        check_arch(detected, cfg_arch, 'the config')
+        cfg_shapes = expected_shapes({**detected, **cfg_arch})
+        problems = shape_mismatches(state, cfg_shapes)
+        if problems:
+            raise CheckpointError(
+                f'The checkpoint does not fit the config ({len(problems)} '
+                f'mismatched keys):\n{format_mismatches(problems)}\nThe '
+                f'checkpoint is a ConvMixer with {_describe(detected)}.')
     if act is not None:
         act_type = _normalize_act(act)
     elif 'act_cfg' in old_meta:

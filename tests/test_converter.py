@@ -335,14 +335,21 @@ def test_arch_and_config_mismatch(tmp_path):
             match='embed_dims: checkpoint 16 vs --arch 1536/20 '
             '1536; depth: checkpoint 2 vs --arch 1536/20 20'):
         convert_checkpoint(src, str(tmp_path / 'dst.pth'), arch='1536/20')
-    with pytest.raises(
-            CheckpointError,
-            match='num_classes: checkpoint 10 vs the config 1000'):
+    # The Fashion-MNIST shape but 7 classes: exactly the head mismatches.
+    seven = _file(
+        tmp_path, 'seven.pth',
+        TimmConvMixer(128, 4, 5, 4, in_chans=1, num_classes=7).state_dict())
+    with pytest.raises(CheckpointError) as info:
         convert_checkpoint(
-            src, str(tmp_path / 'dst.pth'), config=config_of('1536/20'))
+            seven, str(tmp_path / 'dst.pth'), config=FASHION_CONFIG)
+    assert str(info.value).splitlines()[:3] == [
+        'The checkpoint does not fit the config (2 mismatched keys):',
+        '  head.fc.weight: checkpoint (7, 128) vs model (10, 128)',
+        '  head.fc.bias: checkpoint (7,) vs model (10,)',
+    ]
     with pytest.raises(ValueError, match='Unknown arch'):
         convert_checkpoint(src, str(tmp_path / 'dst.pth'), arch='big')
-    assert os.listdir(tmp_path) == ['src.pth']
+    assert sorted(os.listdir(tmp_path)) == ['seven.pth', 'src.pth']
 
 
 def test_existing_destination_is_kept(tmp_path):
