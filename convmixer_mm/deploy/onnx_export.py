@@ -147,8 +147,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int,
         }
     } if dynamic_batch else None)
     with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated but the only one that
-        # writes opsets below 18 without a lossy version conversion.
+        # The TorchScript exporter is deprecated, but the dynamo one writes
+        # opset 18+ only: its down-conversion fails on even kernels' Pad.
         warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(
             module, (example, ),
