@@ -101,6 +101,8 @@ class BenchmarkSettings:
         warmup (int): Untimed interleaved rounds first.
         rounds (int): Timed interleaved rounds.
         memory (bool): Also measure peak memory of one step.
+        profile (bool): Also profile the first candidate with
+            ``torch.profiler`` and keep its costliest operators.
         threads (int, optional): ``torch.set_num_threads``.
         seed (int): Seed of weights and inputs.
     """
@@ -118,6 +120,7 @@ class BenchmarkSettings:
     warmup: int = 2
     rounds: int = 10
     memory: bool = True
+    profile: bool = False
     threads: Optional[int] = None
     seed: int = 0
 
@@ -440,8 +443,8 @@ def peak_memory(step: Callable[[], object], device: str) -> int:
     CUDA: growth of ``max_memory_allocated``. CPU: growth of the peak
     resident set size.
     """
-    gc.collect()
     if device == 'cuda':
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -451,6 +454,35 @@ def peak_memory(step: Callable[[], object], device: str) -> int:
     with _cpu_peak_tracking() as peak:
         step()
         return peak()
+
+
+def profile_ops(step: Callable[[], object], iters: int = 2,
+                top: int = 8) -> dict:
+    """Self time per call of the costliest operators of ``step``.
+
+    Returns:
+        dict: ``total_ms`` per step and ``ops``, a list of ``op``,
+        ``shapes``, ``calls`` and ``self_ms`` per step.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    with profile(activities=[ProfilerActivity.CPU],
+                 record_shapes=True) as prof:
+        for _ in range(iters):
+            step()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return dict(
+        total_ms=total / 1e3 / iters,
+        ops=[
+            dict(
+                op=e.key,
+                shapes=str([list(s) for s in e.input_shapes if s][:2]),
+                calls=e.count // iters,
+                self_ms=e.self_cpu_time_total / 1e3 / iters)
+            for e in ranked
+        ])
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -554,6 +586,7 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
                 median_s=median,
                 times_s=times[name],
                 img_per_s=ips,
+                best_img_per_s=settings.batch_size / min(times[name]),
                 gflops=gflops,
                 gemm_fraction=gflops / best_gemm[c.dtype],
                 max_abs_diff=diffs.get(name))
@@ -561,6 +594,10 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
                 rows[name]['peak_mem_bytes'] = peak_memory(
                     fns[name], settings.device)
         report['results'][mode] = dict(gemm=gemm, candidates=rows)
+        if settings.profile:
+            first = next(iter(cands))
+            report['results'][mode]['profile'] = dict(
+                candidate=first, **profile_ops(fns[first]))
         del cands, fns
     return report
 
@@ -591,6 +628,7 @@ def _cells(row: dict, base: dict) -> List[str]:
     return [
         f'{row["img_per_s"]:.2f}',
         f'{row["img_per_s"] / base["img_per_s"]:.2f}x',
+        f'{row["best_img_per_s"]:.2f}',
         f'{row["gflops"]:.1f}', f'{row["gemm_fraction"]:.0%}',
         f'{mem / 2**20:.0f}' if mem is not None else '-',
         f'{diff:.1e}' if diff is not None else '-'
@@ -605,13 +643,13 @@ def format_table(report: dict) -> str:
         (f'# {_title(report)}; {report["macs_per_image"] / 1e9:.3f} '
          f'GMACs/img; medians of {s["rounds"]} interleaved rounds')
     ]
-    widths = (28, 8, 9, 8, 8, 9, 9)
+    widths = (28, 8, 9, 9, 8, 8, 9, 9)
     for mode, result in report['results'].items():
         rows = result['candidates']
         first = next(iter(rows))
         lines.append(f'## {mode}: {_gemm_line(result["gemm"])}')
-        head = ('candidate', 'img/s', 'vs first', 'GFLOP/s', 'of GEMM',
-                'peak MiB', 'max|diff|')
+        head = ('candidate', 'img/s', 'vs first', 'best', 'GFLOP/s',
+                'of GEMM', 'peak MiB', 'max|diff|')
         lines.append(' '.join(
             h.ljust(w) if i == 0 else h.rjust(w)
             for i, (h, w) in enumerate(zip(head, widths))))
@@ -621,6 +659,21 @@ def format_table(report: dict) -> str:
                 c.ljust(w) if i == 0 else c.rjust(w)
                 for i, (c, w) in enumerate(zip(cells, widths))))
     return '\n'.join(lines)
+
+
+def format_profile(prof: dict) -> List[str]:
+    """Markdown lines of a :func:`profile_ops` result."""
+    total = prof['total_ms']
+    lines = [
+        f'Profile of `{prof["candidate"]}` (torch.profiler, self CPU time '
+        f'per step, {total:.0f} ms in all):', '',
+        '| operator | input shapes | calls | ms | share |',
+        '|---|---|---:|---:|---:|'
+    ]
+    for op in prof['ops']:
+        lines.append(f'| `{op["op"]}` | {op["shapes"]} | {op["calls"]} | '
+                     f'{op["self_ms"]:.1f} | {op["self_ms"] / total:.0%} |')
+    return lines + ['']
 
 
 def format_markdown(report: dict) -> str:
@@ -635,12 +688,14 @@ def format_markdown(report: dict) -> str:
              f'{_gemm_line(result["gemm"])}; medians of {s["rounds"]} '
              'interleaved rounds.'),
             '',
-            (f'| candidate | img/s | vs `{first}` | GFLOP/s | of GEMM | '
-             'peak MiB | max abs diff |'),
-            '|---|---:|---:|---:|---:|---:|---:|',
+            (f'| candidate | img/s | vs `{first}` | best img/s | GFLOP/s | '
+             'of GEMM | peak MiB | max abs diff |'),
+            '|---|---:|---:|---:|---:|---:|---:|---:|',
         ]
         for name, row in rows.items():
             out.append('| ' + ' | '.join([f'`{name}`'] +
                                          _cells(row, rows[first])) + ' |')
         out.append('')
+        if 'profile' in result:
+            out += format_profile(result['profile'])
     return '\n'.join(out)

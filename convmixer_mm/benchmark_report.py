@@ -167,7 +167,9 @@ def performance_section(reports: Sequence[dict],
          '`ConvMixer`, `timm` its `ConvMixer`; `+cl` channels_last model '
          'and data, `+fuse` `convmixer_mm.models.fuse_convmixer` (exact '
          'inference fusion), `+compile` `torch.compile`, `+cp` `with_cp`, '
-         '`+bf16` bf16 autocast. Peak memory is the growth of CUDA max '
+         '`+bf16` bf16 autocast. img/s is the median, "best" the fastest '
+         'round (the cost without interference); ratios use medians. '
+         'Peak memory is the growth of CUDA max '
          'allocated or, on CPU, of peak RSS during one step; "max abs '
          'diff" is the largest logit difference from our fp32 eager '
          'model.'),

@@ -47,7 +47,7 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     tool.main([
         str(config), '--img-size', '16', '--batch-size', '2', '--rounds',
         '2', '--warmup', '1', '--mode', 'both', '--threads', '2',
-        '--candidates', *candidates, '--out',
+        '--profile', '--candidates', *candidates, '--out',
         str(out)
     ])
     table = capsys.readouterr().out
@@ -74,6 +74,10 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
         'gemm:torch.mm:fp32', 'gemm:onednn:fp32', 'gemm:torch.mm:bf16',
         'gemm:onednn:bf16'
     }
+
+    prof = report['results']['inference']['profile']
+    assert prof['candidate'] == 'ours+cl+fuse'
+    assert 'mkldnn::_convolution_pointwise' in [op['op'] for op in prof['ops']]
 
     readme = tmp_path / 'README.md'
     readme.write_text('# x\n\n## Performance\n\nold text\n\n## Tests\n\nt\n')

@@ -6,14 +6,15 @@ fuse_convmixer and channels_last in fp32 1e-5; bf16 autocast 3e-2.
 (with_cp is tested in test_models.py.) Tiny models, CPU, seconds.
 """
 import copy
+import types
 
 import pytest
 import torch
 import torch.nn as nn
 
 from convmixer_mm.benchmark import randomize_bn
-from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
-                                 fuse_convmixer)
+from convmixer_mm.models import (CompileModelHook, ConvMixerDataPreprocessor,
+                                 ConvMixerMM, fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
 from mmpretrain.registry import MODELS
 
@@ -148,3 +149,21 @@ def test_fused_model_is_inference_only():
     with pytest.raises(RuntimeError, match='inference-only'):
         clone.train()
 
+
+
+def test_compile_hook_compiles_in_place_and_keeps_keys():
+    model = build_classifier()
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x, mode='tensor')
+    # The hook reads only runner.model; 'eager' skips code generation.
+    hook = CompileModelHook(backend='eager')
+    hook.before_run(types.SimpleNamespace(model=model))
+    assert model.backbone._compiled_call_impl is not None
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mode='tensor'), ref)
+    with pytest.raises(ValueError, match="no submodule 'neck'"):
+        CompileModelHook(modules=['neck']).before_run(
+            types.SimpleNamespace(model=model))

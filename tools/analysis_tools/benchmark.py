@@ -74,6 +74,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, help='torch threads')
     parser.add_argument(
         '--no-memory', action='store_true', help='skip peak memory')
+    parser.add_argument(
+        '--profile',
+        action='store_true',
+        help='also profile the first candidate (torch.profiler)')
     parser.add_argument('--out', help='write the JSON report here')
     parser.add_argument(
         '--readme',
@@ -125,6 +129,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         warmup=args.warmup,
         rounds=args.rounds,
         memory=not args.no_memory,
+        profile=args.profile,
         threads=args.threads)
     if args.model.endswith('.py'):
         if not osp.isfile(args.model):
