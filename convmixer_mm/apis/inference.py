@@ -219,7 +219,10 @@ def inference_model(model: Union[BaseModel, ModelType],
         model = get_model(model, pretrained, device, **kwargs)
     image = load_image(img, _in_channels(model))
     inferencer = ImageClassificationInferencer(model, pretrained=False)
-    result: Any = inferencer(image)[0]
+    # The inferencer's own __call__ draws a progress bar on stdout; one
+    # image needs none.
+    batch = next(inferencer.preprocess([image]))
+    result: Any = inferencer.postprocess(inferencer.forward(batch), [])[0]
     result['topk'] = topk_predictions(result['pred_scores'],
                                       inferencer.classes, topk)
     return result
