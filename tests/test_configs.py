@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from mmcv.transforms import Compose
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
@@ -187,7 +188,6 @@ def test_imagenet_one_training_iteration(tmp_path, stem, timm_name, paper_m,
 
 def test_cifar_pipeline_is_torchvision_randaugment():
     cfg = load('convmixer-256-8_1xb512_cifar10')
-    from mmcv.transforms import Compose
     pipeline = Compose(cfg.train_pipeline)
     names = [type(t).__name__ for t in pipeline.transforms]
     assert 'RandAugment' in str(pipeline.transforms[2])

@@ -16,7 +16,8 @@ class TestProgressBarHook(Hook):
     Only the main process draws it; it counts batches of that process.
     """
 
-    priority = 'LOW'
+    # Before the LoggerHook (BELOW_NORMAL) prints the metrics.
+    priority = 'NORMAL'
 
     def __init__(self) -> None:
         self._bar: Optional[ProgressBar] = None

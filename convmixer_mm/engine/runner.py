@@ -1,7 +1,7 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """An mmengine ``Runner`` with safe, atomic checkpoints and CPU DDP."""
 import os.path as osp
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as torch_dist
@@ -25,9 +25,10 @@ class ConvMixerRunner(Runner):
     ``runner_type = 'ConvMixerRunner'``.
 
     - Checkpoints hold only allowlisted types (see
-      :func:`weights_only_pickling`) and are written to a temporary file, fsynced and renamed in
-      place, so a run killed while saving never leaves a truncated
-      checkpoint (``last_checkpoint`` is only updated after the rename).
+      :func:`weights_only_pickling`) and are written to a temporary file,
+      fsynced and renamed in place, so a run killed while saving never
+      leaves a truncated checkpoint (``last_checkpoint`` is only updated
+      after the rename).
     - Checkpoints load with ``weights_only=True`` (see
       :mod:`convmixer_mm.engine.checkpoint`), and a missing, corrupt,
       unsafe or mismatching checkpoint raises :class:`CheckpointError` with
@@ -92,7 +93,8 @@ class ConvMixerRunner(Runner):
                         filename: str,
                         map_location: Union[str, Callable] = 'cpu',
                         strict: bool = False,
-                        revise_keys: list = [(r'^module.', '')]) -> dict:
+                        revise_keys: Sequence[Tuple[str, str]] = ((
+                            r'^module.', ''), )) -> dict:
         """Load a checkpoint into the model, refusing one that does not fit.
 
         Args:
@@ -114,7 +116,7 @@ class ConvMixerRunner(Runner):
         strict = strict or self._resume or getattr(self, '_testing', False)
         check_fits(model, checkpoint, filename, strict)
         checkpoint = _load_checkpoint_to_model(
-            model, checkpoint, strict, revise_keys=revise_keys)
+            model, checkpoint, strict, revise_keys=list(revise_keys))
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
