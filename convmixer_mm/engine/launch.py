@@ -11,7 +11,7 @@ import difflib
 import os
 import os.path as osp
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import mmengine
 import torch
@@ -140,19 +140,19 @@ def load_config(path: str) -> Config:
     return Config.fromfile(path)
 
 
-def _missing_parent(cfg: Config, key: str) -> Optional[str]:
-    """The first parent of the dotted ``key`` absent from ``cfg``."""
+def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
+    """The first parent of the dotted ``key`` absent from ``cfg``, with the
+    node that should have held it; None if every parent exists."""
     node = cfg._cfg_dict
     parts = key.split('.')
     for depth, part in enumerate(parts[:-1]):
-        if isinstance(node, (list, tuple)) and part.isdigit():
-            if int(part) >= len(node):
-                return '.'.join(parts[:depth + 1])
+        if isinstance(node, (list, tuple)) and part.isdigit() and int(
+                part) < len(node):
             node = node[int(part)]
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
-            return '.'.join(parts[:depth + 1])
+            return '.'.join(parts[:depth + 1]), node
     return None
 
 
@@ -164,15 +164,13 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
     existing keys.
     """
     for key in options or {}:
-        missing = _missing_parent(cfg, key)
-        if missing is None:
+        found = _missing_parent(cfg, key)
+        if found is None:
             continue
-        parent, _, name = missing.rpartition('.')
-        node = cfg._cfg_dict
-        for part in parent.split('.') if parent else []:
-            node = node[int(part)] if isinstance(node, list) else node[part]
+        missing, node = found
         siblings = list(node) if isinstance(node, dict) else []
-        close = difflib.get_close_matches(name, siblings, n=3)
+        close = difflib.get_close_matches(
+            missing.rpartition('.')[2], siblings, n=3)
         hint = (f' Did you mean {", ".join(close)}?' if close else
                 ' Print the config with `python -c "from mmengine import '
                 "Config; print(Config.fromfile('CONFIG').pretty_text)\"`.")
