@@ -265,7 +265,6 @@ class Candidate:
     def __init__(self, spec: CandidateSpec, settings: BenchmarkSettings,
                  state: Dict[str, torch.Tensor], mode: str) -> None:
         self.spec = spec
-        self.mode = mode
         self.dtype = spec.dtype or settings.dtype
         self.device = settings.device
         if spec.impl == 'ours':
@@ -432,9 +431,11 @@ def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
             f.write('5')
         yield lambda: max(0, _rss_kib('VmHWM') - base) * 1024
     finally:
-        # Back to glibc's defaults (dynamic thresholds).
-        libc.mallopt(m_mmap_threshold, 128 * 1024)
-        libc.mallopt(m_trim_threshold, 128 * 1024)
+        # Fixing a threshold turns glibc's adaptation off for good; these
+        # are the values it adapts to once large tensors have been freed,
+        # as in any warm PyTorch process, so later timings are unchanged.
+        libc.mallopt(m_mmap_threshold, 32 * 2**20)
+        libc.mallopt(m_trim_threshold, 64 * 2**20)
 
 
 def peak_memory(step: Callable[[], object], device: str) -> int:
@@ -665,8 +666,9 @@ def format_profile(prof: dict) -> List[str]:
     """Markdown lines of a :func:`profile_ops` result."""
     total = prof['total_ms']
     lines = [
-        f'Profile of `{prof["candidate"]}` (torch.profiler, self CPU time '
-        f'per step, {total:.0f} ms in all):', '',
+        (f'Profile of `{prof["candidate"]}` (torch.profiler, self CPU time '
+         f'per step, {total:.0f} ms in all):'),
+        '',
         '| operator | input shapes | calls | ms | share |',
         '|---|---|---:|---:|---:|'
     ]

@@ -174,6 +174,28 @@ def performance_section(reports: Sequence[dict],
          'diff" is the largest logit difference from our fp32 eager '
          'model.'),
         '',
+        '### Fast paths',
+        '',
+        ('- `channels_last`: `ConvMixerDataPreprocessor(channels_last=True)`'
+         ', on in every config; convolutions then run channels_last.'),
+        ('- Exact inference fusion: `convmixer_mm.models.fuse_convmixer('
+         'model.eval())` runs each block in four memory passes instead of '
+         'seven (oneDNN conv+GELU, BN shift folded into the next 1x1 '
+         "conv's bias, BN scale/add as one `addcmul`, weights reordered "
+         'once); logits within 1e-5 relative of the unfused fp32 model '
+         '(`tests/test_fast_paths.py`).'),
+        ('- bf16/fp16: `torch.autocast` for inference (fused models follow '
+         'it; bf16 logits within 3e-2 relative), `tools/train.py --amp` '
+         '(`MixedPrecisionOptimWrapper`) for training.'),
+        ("- `torch.compile`: `custom_hooks = [dict(type='CompileModelHook')]`"
+         " compiles the backbone in place (same checkpoint keys). It is off "
+         "by default: it needs a C++ compiler on CPU and compiles for tens "
+         "of seconds, and mmengine's own `compile=True` (whole "
+         '`train_step`) recompiles every iteration and is slower than '
+         'eager.'),
+        ('- Memory: `backbone.with_cp=True` checkpoints every block '
+         '(identical outputs, gradients and BN statistics).'),
+        '',
         '### Targets',
         '',
     ]
@@ -182,8 +204,12 @@ def performance_section(reports: Sequence[dict],
     for path, report in zip(paths, reports):
         lines += [f'From `{path}`:', '', format_markdown(report)]
     lines += [
-        'Regenerate with `python tools/analysis_tools/benchmark.py '
-        '--readme README.md ' + ' '.join(paths) + '`.', ''
+        ('Re-measure everything with '
+         '`bash tools/analysis_tools/benchmark_all.sh` (about 15 minutes), '
+         'or only rewrite this section with `python '
+         'tools/analysis_tools/benchmark.py --readme README.md ' +
+         ' '.join(paths) + '`.'),
+        '',
     ]
     return '\n'.join(lines)
 
