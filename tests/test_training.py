@@ -219,3 +219,9 @@ def test_invalid_cfg_options(tmp_path, capsys):
         "error: --cfg-options trian_cfg.max_epochs=...: the config has no "
         "'trian_cfg'. Did you mean train_cfg")
     assert not os.listdir(tmp_path)
+    assert launch.train([
+        CONFIG, '--work-dir',
+        str(tmp_path), '--cfg-options', 'model.backbone.arch=999/9'
+    ]) == 1
+    assert "Unknown ConvMixer arch '999/9'" in _error_line(capsys)
+    assert not os.listdir(tmp_path)
