@@ -18,6 +18,7 @@ runs it under autocast instead of the run's default dtype.
 """
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import platform
@@ -388,15 +389,14 @@ def interleaved_times(fns: Dict[str, Callable[[], object]], warmup: int,
     return times
 
 
-_libc: Optional[ctypes.CDLL] = None
-
-
+@functools.lru_cache(maxsize=None)
 def _libc_or_none() -> Optional[ctypes.CDLL]:
-    global _libc
-    if _libc is None and platform.system() == 'Linux':
-        with contextlib.suppress(OSError):
-            _libc = ctypes.CDLL('libc.so.6')
-    return _libc
+    if platform.system() != 'Linux':
+        return None
+    try:
+        return ctypes.CDLL('libc.so.6')
+    except OSError:
+        return None
 
 
 def _rss_kib(field_name: str) -> int:
@@ -495,14 +495,20 @@ def machine_description(device: str) -> str:
     if device == 'cuda':
         return torch.cuda.get_device_name()
     model = platform.processor() or platform.machine()
+    flags: List[str] = []
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         for line in f:
-            if line.startswith('model name'):
-                model = line.split(':', 1)[1].strip()
+            key, _, value = line.partition(':')
+            if key.strip() == 'model name':
+                model = value.strip()
+            elif key.strip() == 'flags':
+                flags = value.split()
                 break
+    bf16 = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags]
     return (f'{model}, {os.cpu_count()} logical CPUs, '
             f'{torch.get_num_threads()} threads, torch {torch.__version__}, '
-            f'ISA {torch.backends.cpu.get_cpu_capability()}')
+            f'ISA {torch.backends.cpu.get_cpu_capability()}'
+            f'{", " + "+".join(bf16) if bf16 else ""}')
 
 
 def run_benchmark(settings: BenchmarkSettings) -> dict:

@@ -145,3 +145,17 @@ def test_bad_settings_and_configs(tmp_path):
     with pytest.raises(ValueError, match='no "## Performance"'):
         update_readme(str(readme), [str(report)])
     assert readme.read_text() == '# no section\n'
+
+
+def test_tool_main_candidate_follows_flags():
+    tool = load_tool()
+
+    def main_candidates(*argv):
+        return tool.main_candidates(tool.parse_args(['1024/20', *argv]))
+
+    assert main_candidates() == ['ours+cl+fuse']
+    assert main_candidates('--channels-last', 'off', '--fuse', 'off',
+                           '--compile', 'on') == ['ours+compile']
+    # Fused models cannot train: training times the unfused model.
+    assert main_candidates('--mode', 'train', '--with-cp') == ['ours+cl+cp']
+    assert main_candidates('--mode', 'both') == ['ours+cl+fuse', 'ours+cl']

@@ -167,3 +167,11 @@ def test_compile_hook_compiles_in_place_and_keeps_keys():
     with pytest.raises(ValueError, match="no submodule 'neck'"):
         CompileModelHook(modules=['neck']).before_run(
             types.SimpleNamespace(model=model))
+
+
+def test_compile_hook_without_a_compiler_trains_eager(monkeypatch):
+    model = build_classifier()
+    monkeypatch.setenv('PATH', '')
+    with pytest.warns(UserWarning, match='no C\\+\\+ compiler'):
+        CompileModelHook().before_run(types.SimpleNamespace(model=model))
+    assert model.backbone._compiled_call_impl is None

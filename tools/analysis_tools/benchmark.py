@@ -89,14 +89,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main_candidate(args: argparse.Namespace) -> str:
+def main_candidates(args: argparse.Namespace) -> List[str]:
+    """Our candidate from the flags; unfused too when training."""
     flags = [
         flag for flag, on in (('cl', args.channels_last == 'on'),
                               ('fuse', args.fuse == 'on'),
                               ('compile', args.compile == 'on'),
                               ('cp', args.with_cp)) if on
     ]
-    return '+'.join(['ours'] + flags)
+    unfused = '+'.join(['ours'] + [f for f in flags if f != 'fuse'])
+    if 'fuse' not in flags or args.mode == 'inference':
+        return ['+'.join(['ours'] + flags)]
+    # Fused models are inference-only.
+    if args.mode == 'train':
+        return [unfused]
+    return ['+'.join(['ours'] + flags), unfused]
 
 
 def have_timm() -> bool:
@@ -116,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     if args.model is None:
         sys.exit('Give a config file or an arch name.')
-    candidates = args.candidates or [main_candidate(args)] + args.baselines
+    candidates = args.candidates or main_candidates(args) + args.baselines
     if not have_timm():
         candidates = [c for c in candidates if not c.startswith('timm')]
     fields = dict(
