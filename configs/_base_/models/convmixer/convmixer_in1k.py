@@ -11,8 +11,8 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         # Images are loaded as BGR.
         to_rgb=True,
-        # Convert the batch to channels_last before the backbone or not.
-        channels_last=False),
+        # channels_last is faster on CPU (README, Performance).
+        channels_last=True),
     backbone=dict(type='ConvMixerMM'),
     head=dict(
         type='ConvMixerClsHead',
