@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
 
 from convmixer_mm.engine import launch
 
@@ -142,9 +143,21 @@ def test_dist_train_two_processes_on_cpu(tmp_path):
     assert osp.isfile(tmp_path / 'epoch_1.pth')
 
 
+@pytest.fixture
+def capsys(capsys):
+    """pytest's ``capsys``, forgetting mmengine's loggers afterwards.
+
+    A runner built in-process binds its loggers to the captured stream,
+    which pytest closes after the test; a later test logging through them
+    would make ``logging`` print a "Logging error" traceback.
+    """
+    yield capsys
+    MMLogger._instance_dict.clear()
+
+
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
-    assert 'Traceback' not in err
+    assert 'Traceback' not in err, err
     return err.strip().splitlines()[-1]
 
 
