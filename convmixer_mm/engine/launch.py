@@ -236,11 +236,11 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
+    merge_cfg_options(cfg, args.cfg_options)
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
             cfg[field].persistent_workers = False
-    merge_cfg_options(cfg, args.cfg_options)
     return cfg
 
 
