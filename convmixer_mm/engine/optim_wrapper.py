@@ -10,7 +10,8 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmpretrain.registry import OPTIM_WRAPPERS
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
+    """Whether mmengine sees a GPU, NPU, MLU or MUSA device."""
     return (is_cuda_available() or is_npu_available() or is_mlu_available()
             or is_musa_available())
 
@@ -39,7 +40,7 @@ class MixedPrecisionOptimWrapper(AmpOptimWrapper):
                  loss_scale: Union[str, float, dict] = 'dynamic',
                  dtype: Optional[Union[str, torch.dtype]] = None,
                  **kwargs) -> None:
-        if _has_accelerator():
+        if has_accelerator():
             super().__init__(loss_scale=loss_scale, dtype=dtype, **kwargs)
             return
         if dtype not in (None, 'bfloat16', torch.bfloat16):

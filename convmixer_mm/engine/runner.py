@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from .checkpoint import (atomic_save_bytes, check_fits, load_checkpoint_file,
                          weights_only_pickling)
-from .optim_wrapper import _has_accelerator
+from .optim_wrapper import has_accelerator
 
 
 # mmengine's RUNNERS, not mmpretrain's: tools (ours and mmpretrain's) build
@@ -41,7 +41,7 @@ class ConvMixerRunner(Runner):
     def setup_env(self, env_cfg: dict) -> None:
         """Set up the environment; init gloo for CPU-only distributed runs."""
         if (self.distributed and self.launcher == 'pytorch'
-                and not is_distributed() and not _has_accelerator()):
+                and not is_distributed() and not has_accelerator()):
             torch_dist.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
 
@@ -49,7 +49,7 @@ class ConvMixerRunner(Runner):
                    model: torch.nn.Module) -> torch.nn.Module:
         """Wrap the model; on CPU, DDP must not be given ``device_ids``."""
         if (self.distributed and model_wrapper_cfg is None
-                and not torch.cuda.is_available()):
+                and not has_accelerator()):
             model_wrapper_cfg = dict(
                 type='MMDistributedDataParallel',
                 device_ids=None,
