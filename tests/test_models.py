@@ -298,6 +298,7 @@ def test_head_dropout_and_pooling():
     ('512/12', r"Unknown ConvMixer arch '512/12'.*'1024/20'"),
     (dict(embed_dims=16, depth=2), r"missing \['patch_size', 'kernel_size'\]"),
     (dict(TINY, depth=0), r"arch\['depth'\] must be a positive int"),
+    (dict(TINY, embed_dimz=8), r"unknown keys \['embed_dimz'\]"),
 ])
 def test_bad_arch(arch, match):
     with pytest.raises(ValueError, match=match):

@@ -175,6 +175,11 @@ class ConvMixerMM(BaseModule):
             raise ValueError(
                 f'The ConvMixer arch dict is missing {missing}: it needs all '
                 f'of {list(cls.essential_keys)}.')
+        unknown = sorted(set(arch) - set(cls.essential_keys))
+        if unknown:
+            raise ValueError(
+                f'The ConvMixer arch dict has unknown keys {unknown}: use '
+                f'only {list(cls.essential_keys)}.')
         for key in cls.essential_keys:
             if not isinstance(arch[key], int) or arch[key] <= 0:
                 raise ValueError(
