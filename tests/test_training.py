@@ -98,11 +98,20 @@ def test_resume_after_kill(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    with open(pointer) as f:
-        last = f.read()
-    # The last complete checkpoint: what --resume auto must continue from.
-    epoch = torch.load(last)['meta']['epoch']
+    # Checkpoints are written atomically, so each one on disk is complete:
+    # the newest is what --resume auto must continue from.
+    epochs = [
+        int(m.group(1)) for m in map(
+            re.compile(r'epoch_(\d+)\.pth').fullmatch, os.listdir(work_dir))
+        if m
+    ]
+    epoch = max(epochs)
+    saved = torch.load(osp.join(work_dir, f'epoch_{epoch}.pth'))
+    assert saved['meta']['epoch'] == epoch
     assert epoch < 3, 'the kill came too late to test resuming'
+    # mmengine writes the pointer in place; a kill at that instant leaves
+    # it empty, and resuming must still find the last checkpoint.
+    open(pointer, 'w').close()
     result = run_tool(*args[1:], '--resume')
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr

@@ -1,6 +1,8 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """An mmengine ``Runner`` with safe, atomic checkpoints and CPU DDP."""
+import os
 import os.path as osp
+import re
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -15,6 +17,31 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from .checkpoint import (atomic_save_bytes, check_fits, load_checkpoint_file,
                          weights_only_pickling)
 from .optim_wrapper import has_accelerator
+
+
+def latest_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume auto`` continues from, or None.
+
+    mmengine writes the ``last_checkpoint`` pointer in place, so a run
+    killed at that instant leaves it empty. Checkpoints themselves are
+    written atomically, so the newest ``epoch_N.pth`` / ``iter_N.pth`` on
+    disk is then complete and is used instead.
+    """
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if named and osp.isfile(named):
+            return named
+    if not osp.isdir(work_dir):
+        return None
+    found = []
+    for name in os.listdir(work_dir):
+        match = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', name)
+        if match:
+            found.append((osp.getmtime(osp.join(work_dir, name)),
+                          int(match.group(2)), name))
+    return osp.join(work_dir, max(found)[2]) if found else None
 
 
 # mmengine's RUNNERS, not mmpretrain's: tools (ours and mmpretrain's) build
@@ -88,6 +115,16 @@ class ConvMixerRunner(Runner):
                     osp.dirname(tmp), osp.basename(tmp), **kwargs)
 
             atomic_save_bytes(osp.join(out_dir, filename), write)
+
+    def load_or_resume(self) -> None:
+        """Load or resume; ``--resume auto`` survives a torn pointer file."""
+        if self._resume and self._load_from is None and not self._has_loaded:
+            self._load_from = latest_checkpoint(self.work_dir)
+            if self._load_from is not None:
+                self.logger.info(
+                    f'Auto resumed from the latest checkpoint '
+                    f'{self._load_from}.')
+        super().load_or_resume()
 
     def load_checkpoint(self,
                         filename: str,
