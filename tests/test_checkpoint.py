@@ -121,7 +121,9 @@ def test_corrupt_truncated_and_missing(tmp_path, checkpoint):
     truncated.write_bytes(data[:len(data) // 2])
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'not a checkpoint' * 100)
-    for path in (truncated, garbage):
+    text = tmp_path / 'text.pth'
+    text.write_text('hello world\n')
+    for path in (truncated, garbage, text):
         with pytest.raises(CheckpointError,
                            match='is corrupt or truncated.*earlier'):
             load_checkpoint_file(str(path))

@@ -141,8 +141,8 @@ def load_checkpoint_file(filename: str,
             f'({" ".join(unsafe)}). Use a checkpoint saved by this '
             'training or a converted one; never turn `weights_only` off '
             'for a file you do not trust.') from None
-    except (RuntimeError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError,
+            IndexError, TypeError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f'checkpoint {filename!r} is corrupt or truncated '
             f'({_first_line(e)}): use an earlier checkpoint of the work dir '
