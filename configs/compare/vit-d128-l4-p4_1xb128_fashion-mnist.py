@@ -1,6 +1,9 @@
 # A small mmpretrain VisionTransformer: 4 layers of width 128 with 4 heads
 # and a 320-wide MLP on 4x4 patches (49 tokens and a class token), 0.61M
-# parameters to match ConvMixer-256/8 (0.59M) within 10%.
+# parameters to match ConvMixer-256/8 (0.59M) within 10%. Same data,
+# schedule and epochs as the others, but a peak lr of 2e-3: with the
+# ConvMixer recipe's 0.01 it stayed near chance (18% top-1 after 3 epochs
+# on 4,000 images, against 41% with 2e-3 and 34% with 1e-3).
 # base_batch_size = (1 process) x (128 samples) = 128.
 _base_ = ['./_base_/fashion-mnist.py']
 
@@ -19,3 +22,5 @@ model = dict(
         out_type='cls_token'),
     head=dict(
         type='VisionTransformerClsHead', num_classes=10, in_channels=128))
+
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
