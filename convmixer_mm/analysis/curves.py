@@ -119,8 +119,9 @@ def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
         raise FileNotFoundError(
             f'Directory {out_dir!r} of {out_file!r} does not exist.')
     keys = list(next(iter(runs.values())))
+    height = 3 + (0.2 * len(runs) if len(runs) > 1 else 0)
     fig, axes = plt.subplots(
-        1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+        1, len(keys), figsize=(3.6 * len(keys), height), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, curves in runs.items():
             epochs, values = curves[key]
@@ -132,11 +133,14 @@ def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
         ax.grid(alpha=0.3)
         if key == 'lr':
             ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
+    bottom = 0.
     if len(runs) > 1:
-        axes[0][-1].legend(fontsize=8)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc='lower center', ncol=1, fontsize=8)
+        bottom = 0.065 * len(runs)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(out_file, dpi=80)
     plt.close(fig)
 
