@@ -600,7 +600,12 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
             if settings.memory:
                 rows[name]['peak_mem_bytes'] = peak_memory(
                     fns[name], settings.device)
-        report['results'][mode] = dict(gemm=gemm, candidates=rows)
+        gemm_best = {
+            name: probes[name.split(':')[-1]].flops / min(times[name]) / 1e9
+            for name in gemm
+        }
+        report['results'][mode] = dict(
+            gemm=gemm, gemm_best=gemm_best, candidates=rows)
         if settings.profile:
             first = next(iter(cands))
             report['results'][mode]['profile'] = dict(

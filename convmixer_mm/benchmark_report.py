@@ -70,13 +70,32 @@ def _gemm_fraction(report: dict) -> Optional[Tuple[float, str]]:
             f'`{num}` {rows[num]["gflops"]:.0f} / GEMM {gemm:.0f} GFLOP/s')
 
 
-def _bf16_speedup(report: dict) -> Optional[Tuple[float, str]]:
-    rows = _rows(report, 'inference')
-    num, den = _main(rows, 'bf16'), _main(rows, 'fp32')
-    if not _arch_is(report, 1024, 20) or num is None or den is None:
+def _gemm_fraction_best(report: dict) -> Optional[Tuple[float, str]]:
+    result = report['results'].get('inference', {})
+    rows = result.get('candidates', {})
+    num = _main(rows, 'fp32')
+    if not _arch_is(report, 1024, 20) or num is None or \
+            'gemm_best' not in result:
         return None
-    a, b = rows[num]['img_per_s'], rows[den]['img_per_s']
-    return a / b, f'`{num}` {a:.1f} / `{den}` {b:.1f} img/s'
+    gemm = max(v for k, v in result['gemm_best'].items()
+               if k.endswith(':fp32'))
+    flops = 2 * report['macs_per_image'] * rows[num]['best_img_per_s']
+    return (flops / 1e9 / gemm,
+            f'`{num}` {flops / 1e9:.0f} / GEMM {gemm:.0f} GFLOP/s')
+
+
+def _bf16_speedup(key: str) -> Callable:
+    """Our bf16 over our fp32 candidate, on ``key`` img/s."""
+
+    def find(report: dict) -> Optional[Tuple[float, str]]:
+        rows = _rows(report, 'inference')
+        num, den = _main(rows, 'bf16'), _main(rows, 'fp32')
+        if not _arch_is(report, 1024, 20) or num is None or den is None:
+            return None
+        a, b = rows[num][key], rows[den][key]
+        return a / b, f'`{num}` {a:.1f} / `{den}` {b:.1f} img/s'
+
+    return find
 
 
 def _fashion_train(num: Optional[str] = None) -> Callable:
@@ -121,8 +140,12 @@ TARGETS = [
            _speedup('inference', 1024, 20, 'timm+cl'), lambda v: v >= 1.0),
     Target('1024/20 fp32 achieved GFLOP/s / measured GEMM GFLOP/s',
            '>= 85%', _gemm_fraction, lambda v: v >= 0.85, '{:.0%}'),
-    Target('1024/20 bf16 inference vs our fp32', '>= 1.5x', _bf16_speedup,
-           lambda v: v >= 1.5),
+    Target('the same, fastest round of each (least interference)',
+           '>= 85%', _gemm_fraction_best, lambda v: v >= 0.85, '{:.0%}'),
+    Target('1024/20 bf16 inference vs our fp32', '>= 1.5x',
+           _bf16_speedup('img_per_s'), lambda v: v >= 1.5),
+    Target('the same, fastest round of each', '>= 1.5x',
+           _bf16_speedup('best_img_per_s'), lambda v: v >= 1.5),
     Target('Fashion-MNIST config training step vs mmpretrain built-in',
            '>= 1.2x', _fashion_train(), lambda v: v >= 1.2),
     Target('the same, without torch.compile (the config default)',
