@@ -1,6 +1,7 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """tools/train.py, tools/test.py and tools/dist_train.sh on real
 Fashion-MNIST; resuming after a kill; clear errors for bad input."""
+import glob
 import json
 import os
 import os.path as osp
@@ -50,7 +51,7 @@ def accuracies(log: str) -> list:
 def trained(tmp_path_factory):
     work_dir = str(tmp_path_factory.mktemp('train'))
     result = run_tool('tools/train.py', CONFIG, '--work-dir', work_dir,
-                      '--cfg-options', *SUBSET)
+                      '--cfg-options', *SUBSET, 'use_tensorboard=True')
     assert result.returncode == 0, result.stderr[-3000:]
     return work_dir, result.stdout + result.stderr
 
@@ -62,6 +63,11 @@ def test_train_reaches_accuracy(trained):
     assert accs[-1] >= MIN_ACCURACY
     assert re.search(r'Epoch\(train\) \[2\]\[40/40\].*eta: 0:00:00', log)
     assert osp.isfile(osp.join(work_dir, 'epoch_2.pth'))
+    # use_tensorboard=True: event files beside scalars.json.
+    vis_data = glob.glob(osp.join(work_dir, '*', 'vis_data'))
+    assert len(vis_data) == 1
+    assert glob.glob(osp.join(vis_data[0], 'events.out.tfevents.*'))
+    assert osp.isfile(osp.join(vis_data[0], 'scalars.json'))
 
 
 def test_test_reproduces_accuracy(trained, tmp_path):
