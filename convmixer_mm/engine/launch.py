@@ -8,6 +8,7 @@ fix, exit status 1 (2 for command-line syntax), and no traceback.
 """
 import argparse
 import difflib
+import gc
 import os
 import os.path as osp
 import sys
@@ -315,7 +316,27 @@ def _run(main, argv: Optional[List[str]]) -> int:
     except USER_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
+    # Only after success: after a failure the other ranks may never reach
+    # the barrier, and torchrun stops them anyway.
+    _shut_down_distributed()
     return 0
+
+
+def _shut_down_distributed() -> None:
+    """Tear the process group down while the interpreter is whole.
+
+    Left to interpreter shutdown, gloo's worker threads may free tensors
+    after Python is gone and abort the process ("terminate called without
+    an active exception") after a successful run. The runner's cycles
+    (which hold the DDP model and its process group) are collected first.
+    """
+    if not (torch.distributed.is_available()
+            and torch.distributed.is_initialized()):
+        return
+    gc.collect()
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def _train(argv: Optional[List[str]]) -> None:
