@@ -108,8 +108,9 @@ class FusedConvGELUBN(nn.Module):
         """The weight in oneDNN's blocked layout, reordered once per shape.
 
         A plain weight is reordered on every call, a sizeable part of a
-        1x1 conv's time at small batch sizes. The cache is keyed on the weight's storage
-        and version, so ``load_state_dict`` and ``.to()`` invalidate it.
+        1x1 conv's time at small batch sizes. The cache is keyed on the
+        weight's storage and version, so ``load_state_dict`` and ``.to()``
+        invalidate it.
         """
         key = (tuple(x.shape), x.dtype, self.weight.data_ptr(),
                self.weight._version)
