@@ -1,11 +1,11 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """The README's Performance section, generated from benchmark reports."""
 import json
-import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .benchmark import format_markdown
+from .engine.checkpoint import atomic_save_bytes
 
 SECTION = '## Performance'
 
@@ -263,7 +263,8 @@ def update_readme(readme: str, paths: Sequence[str]) -> None:
     end = len(text) if end < 0 else end + 1
     new = text[:start] + performance_section(reports, paths) + '\n' + \
         text[end:]
-    tmp = readme + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(new)
-    os.replace(tmp, readme)
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(new)
+
+    atomic_save_bytes(readme, write)

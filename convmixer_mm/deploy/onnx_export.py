@@ -2,7 +2,6 @@
 """Export a classifier to ONNX and check the graph against PyTorch."""
 import os
 import os.path as osp
-import tempfile
 import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -15,6 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
 from ..engine import check_fits, load_checkpoint_file
+from ..engine.checkpoint import atomic_save_bytes
 from ..engine.launch import load_config
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
@@ -273,23 +273,23 @@ def export_onnx(model: nn.Module,
     # A batch of 2 keeps torch.export from specializing the dynamic batch
     # dimension to 1.
     example = torch.zeros(2 if dynamic_batch else 1, *input_shape)
-    fd, tmp_file = tempfile.mkstemp(
-        suffix='.onnx.part', dir=osp.dirname(out_file))
-    os.close(fd)
-    try:
+    diffs: Dict[int, float] = {}
+
+    def export_and_verify(tmp_file: str) -> None:
+        # Raising here leaves out_file as it was: only a graph that
+        # onnxruntime reproduces is renamed into place.
         _export(_Logits(model).eval(), example, tmp_file, opset,
                 dynamic_batch)
         _add_metadata(tmp_file, model)
-        diffs = verify_onnx(
-            tmp_file,
-            model,
-            input_shape,
-            batch_sizes=(1, 3) if dynamic_batch else (1, ),
-            atol=atol)
-        os.replace(tmp_file, out_file)
-    finally:
-        if osp.exists(tmp_file):
-            os.remove(tmp_file)
+        diffs.update(
+            verify_onnx(
+                tmp_file,
+                model,
+                input_shape,
+                batch_sizes=(1, 3) if dynamic_batch else (1, ),
+                atol=atol))
+
+    atomic_save_bytes(out_file, export_and_verify)
     return diffs
 
 

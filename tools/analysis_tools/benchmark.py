@@ -24,6 +24,7 @@ from typing import List, Optional
 from convmixer_mm.benchmark import (BenchmarkSettings, format_table,
                                     run_benchmark, settings_from_config)
 from convmixer_mm.benchmark_report import update_readme
+from convmixer_mm.engine.checkpoint import atomic_save_bytes
 from convmixer_mm.models import ConvMixerMM
 
 
@@ -149,10 +150,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(format_table(report))
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        tmp = args.out + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.out)
+
+        def write(tmp: str) -> None:
+            with open(tmp, 'w') as f:
+                json.dump(report, f, indent=1)
+
+        atomic_save_bytes(args.out, write)
         print(f'Wrote {args.out}')
 
 
