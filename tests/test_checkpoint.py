@@ -209,3 +209,24 @@ def test_mixed_precision_wrapper_on_cpu():
     with pytest.raises(ValueError, match='only bfloat16'):
         MixedPrecisionOptimWrapper(
             optimizer=torch.optim.AdamW(model.parameters()), dtype='float16')
+
+
+def test_latest_checkpoint_falls_back_to_the_newest_on_disk(tmp_path):
+    from convmixer_mm.engine.runner import latest_checkpoint
+    assert latest_checkpoint(str(tmp_path / 'none')) is None
+    assert latest_checkpoint(str(tmp_path)) is None
+    for epoch in (1, 2, 10):
+        (tmp_path / f'epoch_{epoch}.pth').write_bytes(b'')
+        os.utime(tmp_path / f'epoch_{epoch}.pth', (epoch, epoch))
+    (tmp_path / '.epoch_11.pth.123.part').write_bytes(b'')
+    newest = str(tmp_path / 'epoch_10.pth')
+    pointer = tmp_path / 'last_checkpoint'
+    # No pointer, an empty (torn) one, or one naming a file that is gone.
+    assert latest_checkpoint(str(tmp_path)) == newest
+    pointer.write_text('')
+    assert latest_checkpoint(str(tmp_path)) == newest
+    pointer.write_text(str(tmp_path / 'moved' / 'epoch_3.pth'))
+    assert latest_checkpoint(str(tmp_path)) == newest
+    # A valid pointer wins, as in mmengine.
+    pointer.write_text(str(tmp_path / 'epoch_2.pth'))
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_2.pth')

@@ -19,11 +19,12 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS, init_default_scope
-from mmengine.runner import Runner, find_latest_checkpoint
+from mmengine.runner import Runner
 
 from mmpretrain.registry import MODELS
 from ..datasets import DataNotFoundError
 from .checkpoint import CheckpointError, load_checkpoint_file
+from .runner import latest_checkpoint
 
 
 class ConfigError(ValueError):
@@ -290,7 +291,8 @@ def _precheck_resume(cfg: Config) -> None:
     """Fail before any file is written if the resume source is bad."""
     if not cfg.get('resume'):
         return
-    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    # The same choice as ConvMixerRunner.load_or_resume makes.
+    path = cfg.get('load_from') or latest_checkpoint(cfg.work_dir)
     if path:
         load_checkpoint_file(path)
 
