@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from .engine.checkpoint import (CheckpointError, atomic_save_bytes,
-                                load_checkpoint_file)
+                                load_checkpoint_file, refuse_overwrite)
 from .models import ConvMixerMM
 from .version import __version__
 
@@ -516,10 +516,7 @@ def save_atomic(obj: Any, dst: str, force: bool = False) -> None:
     """
     if osp.isdir(dst):
         raise IsADirectoryError(f'{dst} is a directory: give a file name.')
-    if osp.exists(dst) and not force:
-        raise FileExistsError(
-            f'{dst} already exists: pass --force (force=True) to overwrite '
-            'it.')
+    refuse_overwrite(dst, force)
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     atomic_save_bytes(dst, lambda tmp: torch.save(obj, tmp))
 
@@ -550,10 +547,7 @@ def convert_checkpoint(src: str,
     if to not in LAYOUTS:
         raise ValueError(f'Unknown target layout {to!r}: choose one of '
                          f'{list(LAYOUTS)}.')
-    if osp.exists(dst) and not force:
-        raise FileExistsError(
-            f'{dst} already exists: pass --force (force=True) to overwrite '
-            'it.')
+    refuse_overwrite(dst, force)
     checkpoint = load_any_checkpoint(src)
     state, meta = convert_state_dict(checkpoint, arch, act, config, use_ema)
     meta['source_file'] = osp.basename(src)

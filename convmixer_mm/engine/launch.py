@@ -23,15 +23,18 @@ from mmengine.runner import Runner
 
 from mmpretrain.registry import MODELS
 from ..datasets import DataNotFoundError
-from .checkpoint import CheckpointError, load_checkpoint_file
+from .checkpoint import (CheckpointError, load_checkpoint_file,
+                         refuse_overwrite)
 from .runner import latest_checkpoint
+from .work_dir import WorkDirBusyError, work_dir_lock
 
 
 class ConfigError(ValueError):
     """A config file or ``--cfg-options`` entry is wrong."""
 
 
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError,
+               WorkDirBusyError, FileExistsError)
 
 
 class CfgOptionsAction(DictAction):
@@ -111,6 +114,8 @@ def test_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--work-dir', help='the dir to save the evaluation metrics and logs')
     parser.add_argument('--out', help='file (.pkl/.json) to dump results')
+    parser.add_argument(
+        '--force', action='store_true', help='overwrite OUT if it exists')
     parser.add_argument(
         '--out-item',
         choices=['metrics', 'pred'],
@@ -347,13 +352,16 @@ def _train(argv: Optional[List[str]]) -> None:
     cfg = merge_train_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
     _precheck_resume(cfg)
-    build_runner(cfg).train()
+    with work_dir_lock(cfg.work_dir):
+        build_runner(cfg).train()
 
 
 def _test(argv: Optional[List[str]]) -> None:
     args = test_parser().parse_args(argv)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
+    if args.out is not None:
+        refuse_overwrite(args.out, args.force)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)

@@ -1,5 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """An mmengine ``Runner`` with safe, atomic checkpoints and CPU DDP."""
+import errno
 import os
 import os.path as osp
 import re
@@ -14,8 +15,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from .checkpoint import (atomic_save_bytes, check_fits, load_checkpoint_file,
-                         weights_only_pickling)
+from .checkpoint import (CheckpointError, atomic_save_bytes, check_fits,
+                         load_checkpoint_file, weights_only_pickling)
 from .optim_wrapper import has_accelerator
 
 
@@ -63,7 +64,21 @@ class ConvMixerRunner(Runner):
       ``load_from`` for fine-tuning tolerates a different ``head``.
     - Without an accelerator, ``launcher='pytorch'`` runs DDP on CPU with
       the gloo backend.
+    - A resumed run is seeded with the checkpoint's seed from the start, so
+      its sampler and dataloader workers are seeded as before; a full disk
+      while saving raises :class:`CheckpointError`, keeping the previous
+      checkpoints.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        if kwargs.get('resume'):
+            checkpoint = kwargs.get('load_from') or latest_checkpoint(
+                kwargs['work_dir'])
+            if checkpoint:
+                seed = load_checkpoint_file(checkpoint)['meta'].get('seed')
+                kwargs['randomness'] = dict(
+                    kwargs.get('randomness') or {}, seed=seed)
+        super().__init__(*args, **kwargs)
 
     def setup_env(self, env_cfg: dict) -> None:
         """Set up the environment; init gloo for CPU-only distributed runs."""
@@ -114,7 +129,15 @@ class ConvMixerRunner(Runner):
                 super(ConvMixerRunner, self).save_checkpoint(
                     osp.dirname(tmp), osp.basename(tmp), **kwargs)
 
-            atomic_save_bytes(osp.join(out_dir, filename), write)
+            try:
+                atomic_save_bytes(osp.join(out_dir, filename), write)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                raise CheckpointError(
+                    f'no space left to save {filename} in the work dir '
+                    f'{out_dir!r}: free space (the previous checkpoints are '
+                    'kept) and continue with --resume.') from None
 
     def load_or_resume(self) -> None:
         """Load or resume; ``--resume auto`` survives a torn pointer file."""
