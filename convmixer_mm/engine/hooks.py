@@ -53,7 +53,8 @@ class SafeCheckpointHook(CheckpointHook):
       resuming; validation runs on a copy of them, so the states saved
       after an epoch are those the next epoch starts from. An epoch-based
       run resumed in one process then repeats the uninterrupted run's steps
-      bit for bit (with ``num_workers=0`` or non-persistent workers).
+      bit for bit; persistent dataloader workers keep their own states,
+      which are not saved.
     """
 
     def __init__(self, *args, **kwargs) -> None:
