@@ -63,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         opset=args.opset,
         dynamic_batch=args.dynamic_batch,
         atol=args.atol,
-        overwrite=args.force)
+        force=args.force)
     opset, _ = opset_of(args.out)
     print(f'Exported {args.out} (opset {opset}).')
     for batch, diff in diffs.items():
