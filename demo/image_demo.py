@@ -13,7 +13,7 @@ import sys
 import torch
 
 from convmixer_mm.apis import inference_model
-from convmixer_mm.converter import CheckpointError
+from convmixer_mm.apis.converter import CheckpointError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,8 +19,8 @@ import mmpretrain
 from convmixer_mm.apis import (OFFICIAL_URL_PREFIXES, WeightsNotFoundError,
                                find_model_index, get_model, inference_model,
                                load_image)
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    expected_shapes)
+from convmixer_mm.apis.converter import (CheckpointError, convert_checkpoint,
+                                         expected_shapes)
 from convmixer_mm.models import ConvMixerMM
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from official_convmixer import official_convmixer, randomize

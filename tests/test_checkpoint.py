@@ -13,11 +13,11 @@ from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import init_default_scope
 
+from convmixer_mm.cli.launch import train
 from convmixer_mm.engine import (CheckpointError, MixedPrecisionOptimWrapper,
                                  atomic_save_bytes, check_fits,
                                  load_checkpoint_file)
 from convmixer_mm.engine.checkpoint import SAFE_GLOBALS
-from convmixer_mm.engine.launch import train
 from mmpretrain.registry import MODELS
 
 CONFIG = osp.join(

@@ -20,10 +20,12 @@ from timm.models.convmixer import ConvMixer as TimmConvMixer
 
 import mmpretrain
 from convmixer_mm.apis import get_model, load_weights
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    convert_state_dict, describe_conversion,
-                                    from_mm_layout, to_mm_layout)
-from convmixer_mm.engine.launch import test as run_tools_test
+from convmixer_mm.apis.converter import (CheckpointError,
+                                         convert_checkpoint,
+                                         convert_state_dict,
+                                         describe_conversion, from_mm_layout,
+                                         to_mm_layout)
+from convmixer_mm.cli.launch import test as run_tools_test
 from official_convmixer import official_convmixer, randomize
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from convmixer_mm.benchmark import randomize_bn
+from convmixer_mm.devtools.benchmark import randomize_bn
 from convmixer_mm.models import (CompileModelHook, ConvMixerDataPreprocessor,
                                  ConvMixerMM, fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock

@@ -15,7 +15,7 @@ from mmengine.runner import CheckpointLoader
 from modelindex.load_model_index import load
 
 from mmpretrain.apis import ModelHub
-from ..converter import convert_state_dict, load_any_checkpoint
+from .converter import convert_state_dict, load_any_checkpoint
 
 #: Where the official release lives (the README of locuslab/convmixer
 #: links the tmp-iclr mirror, which mmpretrain's metafile also uses).

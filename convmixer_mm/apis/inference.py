@@ -22,9 +22,9 @@ from mmengine.runner import CheckpointLoader
 
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
-from ..converter import (CheckpointError, convert_state_dict,
-                         format_mismatches, load_any_checkpoint,
-                         shape_mismatches)
+from .converter import (CheckpointError, convert_state_dict,
+                        format_mismatches, load_any_checkpoint,
+                        shape_mismatches)
 from .hub import WeightsNotFoundError, missing_weights_message
 
 ModelType = Union[str, PathLike, Config]

@@ -21,9 +21,10 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-from convmixer_mm.benchmark import (BenchmarkSettings, format_table,
-                                    run_benchmark, settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings,
+                                             format_table, run_benchmark,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 from convmixer_mm.engine.checkpoint import atomic_save_bytes
 from convmixer_mm.models import ConvMixerMM
 

@@ -23,8 +23,8 @@ from mmengine.runner import Runner
 
 from mmpretrain.registry import MODELS
 from ..datasets import DataNotFoundError
-from .checkpoint import CheckpointError, load_checkpoint_file
-from .runner import latest_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint_file
+from ..engine.runner import latest_checkpoint
 
 
 class ConfigError(ValueError):
@@ -239,8 +239,8 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
     merge_cfg_options(cfg, args.cfg_options)
-    # Imported here: convmixer_mm.analysis builds on this module.
-    from convmixer_mm.analysis.curves import apply_tensorboard_switch
+    # Imported here: convmixer_mm.devtools builds on this module.
+    from convmixer_mm.devtools.curves import apply_tensorboard_switch
     try:
         apply_tensorboard_switch(cfg)
     except ImportError as e:

@@ -13,9 +13,9 @@ from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
+from ..cli.launch import load_config
 from ..engine import check_fits, load_checkpoint_file
 from ..engine.checkpoint import atomic_save_bytes
-from ..engine.launch import load_config
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
@@ -247,7 +247,7 @@ def export_onnx(model: nn.Module,
     Example:
         >>> import os.path as osp, tempfile
         >>> from mmpretrain.registry import MODELS
-        >>> from convmixer_mm.deploy import export_onnx
+        >>> from convmixer_mm.apis.onnx_export import export_onnx
         >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=4)
         >>> model = MODELS.build(dict(
         ...     type='ImageClassifier',

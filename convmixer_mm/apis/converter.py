@@ -23,10 +23,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .engine.checkpoint import (CheckpointError, atomic_save_bytes,
-                                load_checkpoint_file)
-from .models import ConvMixerMM
-from .version import __version__
+from ..engine.checkpoint import (CheckpointError, atomic_save_bytes,
+                                 load_checkpoint_file)
+from ..models import ConvMixerMM
+from ..version import __version__
 
 LAYOUTS = ('official', 'timm', 'mmpretrain')
 WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema')

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import ConvMixerMM, fuse_convmixer
+from ..models import ConvMixerMM, fuse_convmixer
 
 IMPLS = ('ours', 'mmpretrain', 'timm')
 FLAGS = ('cl', 'fuse', 'compile', 'cp')
