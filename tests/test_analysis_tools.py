@@ -14,7 +14,7 @@ from mmpretrain.models.backbones import ConvMixer, VisionTransformer
 from mmpretrain.registry import MODELS
 
 from convmixer_mm.apis.complexity import config_complexity, count_complexity
-from convmixer_mm.cli.launch import ConfigError
+from convmixer_mm.engine import ConfigError
 from convmixer_mm.devtools.compare import (Budget, apply_budget, compare,
                                            train_one)
 from convmixer_mm.devtools.curves import epoch_curves, load_scalars

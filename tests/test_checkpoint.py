@@ -15,9 +15,9 @@ from mmengine.registry import init_default_scope
 
 from convmixer_mm.cli.launch import train
 from convmixer_mm.engine import (CheckpointError, MixedPrecisionOptimWrapper,
-                                 atomic_save_bytes, check_fits,
-                                 load_checkpoint_file)
+                                 check_fits, load_checkpoint_file)
 from convmixer_mm.engine.checkpoint import SAFE_GLOBALS
+from convmixer_mm.utils import atomic_save_bytes
 from mmpretrain.registry import MODELS
 
 CONFIG = osp.join(
@@ -157,7 +157,7 @@ def test_atomic_save_survives_a_kill(tmp_path):
     torch.save({'state_dict': {'w': torch.ones(3)}}, path)
     # A process killed halfway through writing the new version.
     code = ('import os, signal, sys\n'
-            'from convmixer_mm.engine import atomic_save_bytes\n'
+            'from convmixer_mm.utils import atomic_save_bytes\n'
             'def write(tmp):\n'
             '    with open(tmp, "wb") as f:\n'
             '        f.write(b"PK" * 1000)\n'

@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 
 from convmixer_mm.devtools.benchmark import randomize_bn
-from convmixer_mm.models import (CompileModelHook, ConvMixerDataPreprocessor,
-                                 ConvMixerMM, fuse_convmixer)
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
+                                 fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
 from mmpretrain.registry import MODELS
 

@@ -16,8 +16,7 @@ from mmpretrain.registry import MODELS  # noqa: E402
 
 from convmixer_mm.apis.onnx_export import (  # noqa: E402
     ExportError, build_classifier, export_onnx, opset_of)
-from convmixer_mm.cli.launch import ConfigError  # noqa: E402
-from convmixer_mm.engine import CheckpointError  # noqa: E402
+from convmixer_mm.engine import CheckpointError, ConfigError  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

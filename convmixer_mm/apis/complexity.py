@@ -10,7 +10,7 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 
-from ..cli.launch import load_config
+from ..engine.config import load_config
 from .onnx_export import build_classifier
 
 

@@ -23,9 +23,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ..engine.checkpoint import (CheckpointError, atomic_save_bytes,
-                                 load_checkpoint_file)
+from ..engine.checkpoint import CheckpointError, load_checkpoint_file
 from ..models import ConvMixerMM
+from ..utils import atomic_save_bytes
 from ..version import __version__
 
 LAYOUTS = ('official', 'timm', 'mmpretrain')

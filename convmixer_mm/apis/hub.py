@@ -15,6 +15,7 @@ from mmengine.runner import CheckpointLoader
 from modelindex.load_model_index import load
 
 from mmpretrain.apis import ModelHub
+from ..utils import UserError
 from .converter import convert_state_dict, load_any_checkpoint
 
 #: Where the official release lives (the README of locuslab/convmixer
@@ -28,7 +29,7 @@ OFFLINE_ENV = 'CONVMIXER_MM_OFFLINE'
 CONVERTER = 'tools/model_converters/convmixer_to_mm.py'
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained weights that are neither on disk nor downloadable."""
 
 

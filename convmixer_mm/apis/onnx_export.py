@@ -13,9 +13,9 @@ from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
-from ..cli.launch import load_config
 from ..engine import check_fits, load_checkpoint_file
-from ..engine.checkpoint import atomic_save_bytes
+from ..engine.config import load_config
+from ..utils import UserError, atomic_save_bytes
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
@@ -25,7 +25,7 @@ MAX_OPSET = 23
 DEFAULT_OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported graph disagrees with PyTorch or does not run."""
 
 

@@ -18,20 +18,14 @@ import mmengine
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS, init_default_scope
-from mmengine.runner import Runner
+from mmengine.registry import init_default_scope
 
 from mmpretrain.registry import MODELS
-from ..datasets import DataNotFoundError
-from ..engine.checkpoint import CheckpointError, load_checkpoint_file
+from ..engine.checkpoint import load_checkpoint_file
+from ..engine.config import (ConfigError, apply_tensorboard_switch,
+                             build_runner, load_config)
 from ..engine.runner import latest_checkpoint
-
-
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` entry is wrong."""
-
-
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
+from ..utils import UserError
 
 
 class CfgOptionsAction(DictAction):
@@ -134,15 +128,6 @@ def test_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: str) -> Config:
-    """Read a config file, raising :class:`ConfigError` if it is missing."""
-    if not osp.isfile(path):
-        raise ConfigError(
-            f'config {path!r} does not exist: pass a config file such as '
-            'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py.')
-    return Config.fromfile(path)
-
-
 def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
     """The first parent of the dotted ``key`` absent from ``cfg``, with the
     node that should have held it; None if every parent exists."""
@@ -239,12 +224,7 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
     merge_cfg_options(cfg, args.cfg_options)
-    # Imported here: convmixer_mm.devtools builds on this module.
-    from convmixer_mm.devtools.curves import apply_tensorboard_switch
-    try:
-        apply_tensorboard_switch(cfg)
-    except ImportError as e:
-        raise ConfigError(str(e)) from None
+    apply_tensorboard_switch(cfg)
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
@@ -280,13 +260,6 @@ def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
-    """Build ``cfg.runner_type`` if set, else mmengine's ``Runner``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
-
-
 def _precheck_resume(cfg: Config) -> None:
     """Fail before any file is written if the resume source is bad."""
     if not cfg.get('resume'):
@@ -315,7 +288,7 @@ def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
 def _run(main, argv: Optional[List[str]]) -> int:
     try:
         main(argv)
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     # Only after success: after a failure the other ranks may never reach

@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..engine.checkpoint import atomic_save_bytes
+from ..utils import atomic_save_bytes
 from .benchmark import format_markdown
 
 SECTION = '## Performance'

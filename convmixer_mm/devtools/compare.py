@@ -15,9 +15,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..apis.complexity import count_complexity
-from ..cli.launch import build_runner
-from .curves import (Curve, apply_tensorboard_switch, epoch_curves,
-                     load_scalars, plot_curves)
+from ..engine.config import apply_tensorboard_switch, build_runner
+from .curves import Curve, epoch_curves, load_scalars, plot_curves
 
 
 @dataclass

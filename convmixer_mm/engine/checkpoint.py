@@ -11,7 +11,6 @@ as a pickle whose ``__reduce__`` runs code, is still refused.
 """
 import contextlib
 import copyreg
-import os
 import os.path as osp
 import pickle
 import re
@@ -23,6 +22,8 @@ import torch
 import torch.nn as nn
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
+
+from ..utils import UserError
 
 def _numpy_core(name: str):
     """A ``numpy._core.multiarray`` function (``numpy.core`` before 2.0)."""
@@ -77,7 +78,7 @@ def weights_only_pickling() -> Iterator[None]:
             copyreg.dispatch_table[HistoryBuffer] = previous
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or does not fit."""
 
 
@@ -216,32 +217,3 @@ def check_fits(model: nn.Module,
         f'{"; ".join(problems) or "no key in common"}. It was trained for '
         'another architecture: use the config it was trained with, or a '
         'checkpoint of this model.')
-
-
-def atomic_save_bytes(path: str, write: Callable[[str], None]) -> None:
-    """Write a file through a temporary sibling, then rename it in place.
-
-    ``write`` writes the temporary path; the data is then fsynced and
-    ``os.replace``-d onto ``path``, and the directory entry fsynced, so a
-    crash leaves either the old file or the new one, never a truncated one.
-
-    Args:
-        path (str): The final path.
-        write (Callable[[str], None]): Writes the whole file to the path
-            it is given.
-    """
-    directory, name = osp.split(osp.abspath(path))
-    tmp = osp.join(directory, f'.{name}.{os.getpid()}.part')
-    try:
-        write(tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -14,8 +14,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from .checkpoint import (atomic_save_bytes, check_fits, load_checkpoint_file,
-                         weights_only_pickling)
+from ..utils import atomic_save_bytes
+from .checkpoint import check_fits, load_checkpoint_file, weights_only_pickling
 from .optim_wrapper import has_accelerator
 
 

@@ -18,21 +18,13 @@ weights because GELU sits between them; the BN after the 1x1 conv cannot
 be folded into the next depthwise conv because of its zero padding. The
 last BN could move into the classifier's fc through the average pool, but
 the backbone's features would then change; it stays (one pass of 82).
-
-:class:`CompileModelHook` is the training-time fast path: it compiles the
-model's submodules in place, so checkpoints keep their keys.
 """
-import shutil
 import types
-import warnings
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
-from mmpretrain.registry import HOOKS
 from .convmixer import ConvMixerMM, Residual
 
 
@@ -230,58 +222,3 @@ def _inference_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
             'A model fused by fuse_convmixer is inference-only: rebuild it '
             'from the config (or reload the checkpoint) to train.')
     return type(self).train(self, False)
-
-
-@HOOKS.register_module()
-class CompileModelHook(Hook):
-    """``torch.compile`` submodules of the model in place before training.
-
-    mmengine's ``compile=True`` compiles the whole ``train_step``, whose
-    logging and optimizer code make dynamo recompile every iteration (on
-    2 CPU cores the Fashion-MNIST config then trains at a third of eager
-    speed). Compiling the network alone gives the fused kernels without
-    that; ``nn.Module.compile`` keeps the state-dict keys. On CPU it needs
-    a C++ compiler (without one it warns and leaves the model eager) and
-    compiles for tens of seconds at start, cached across runs.
-
-    Args:
-        modules (Sequence[str]): Attribute names of the submodules to
-            compile. Defaults to ``('backbone', )``.
-        **kwargs: Arguments of ``torch.compile``.
-
-    Example:
-        >>> custom_hooks = [dict(type='CompileModelHook')]
-    """
-    priority = 'VERY_HIGH'
-
-    def __init__(self,
-                 modules: Sequence[str] = ('backbone', ),
-                 **kwargs) -> None:
-        self.modules = tuple(modules)
-        self.kwargs = kwargs
-
-    def before_run(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        if not self._can_compile(model):
-            warnings.warn(
-                'CompileModelHook: no C++ compiler (g++/c++) on PATH for '
-                "torch.compile's CPU backend; training uncompiled. Install "
-                'g++ to get the faster compiled model.')
-            return
-        for name in self.modules:
-            module = getattr(model, name, None)
-            if not isinstance(module, nn.Module):
-                raise ValueError(
-                    f'CompileModelHook: the model has no submodule '
-                    f'{name!r}; set modules= to some of '
-                    f'{[n for n, _ in model.named_children()]}.')
-            module.compile(**self.kwargs)
-
-    def _can_compile(self, model: nn.Module) -> bool:
-        """Whether inductor can generate CPU code, when it has to."""
-        backend = self.kwargs.get('backend', 'inductor')
-        on_cpu = all(p.device.type == 'cpu' for p in model.parameters())
-        if backend != 'inductor' or not on_cpu:
-            return True
-        return any(shutil.which(cxx) for cxx in ('g++', 'c++', 'clang++'))

@@ -25,8 +25,8 @@ from convmixer_mm.devtools.benchmark import (BenchmarkSettings,
                                              format_table, run_benchmark,
                                              settings_from_config)
 from convmixer_mm.devtools.benchmark_report import update_readme
-from convmixer_mm.engine.checkpoint import atomic_save_bytes
 from convmixer_mm.models import ConvMixerMM
+from convmixer_mm.utils import atomic_save_bytes
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
