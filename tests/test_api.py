@@ -19,8 +19,8 @@ import mmpretrain
 from convmixer_mm.apis import (OFFICIAL_URL_PREFIXES, WeightsNotFoundError,
                                find_model_index, get_model, inference_model,
                                load_image)
-from convmixer_mm.apis.converter import (CheckpointError, convert_checkpoint,
-                                         expected_shapes)
+from convmixer_mm.apis.converter import CheckpointError, convert_checkpoint
+from convmixer_mm.engine.checkpoint import model_shapes
 from convmixer_mm.models import ConvMixerMM
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from official_convmixer import official_convmixer, randomize
@@ -90,7 +90,7 @@ def test_metafile():
             num_classes=entry.config.model.head.num_classes)
         count = sum(
             int(np.prod(shape))
-            for key, shape in expected_shapes(arch).items()
+            for key, shape in model_shapes(arch).items()
             if key.endswith(('.weight', '.bias')))
         assert models[name]['Metadata']['Parameters'] == count
         assert ModelHub.get(theirs).metadata.parameters == count

@@ -349,7 +349,7 @@ def test_arch_and_config_mismatch(tmp_path):
         '  head.fc.weight: checkpoint (7, 128) vs model (10, 128)',
         '  head.fc.bias: checkpoint (7,) vs model (10,)',
     ]
-    with pytest.raises(ValueError, match='Unknown arch'):
+    with pytest.raises(ValueError, match='Unknown ConvMixer arch'):
         convert_checkpoint(src, str(tmp_path / 'dst.pth'), arch='big')
     assert sorted(os.listdir(tmp_path)) == ['seven.pth', 'src.pth']
 

@@ -15,8 +15,9 @@ from mmengine.runner import CheckpointLoader
 from modelindex.load_model_index import load
 
 from mmpretrain.apis import ModelHub
+from ..engine.checkpoint import load_checkpoint_file
 from ..utils import UserError
-from .converter import convert_state_dict, load_any_checkpoint
+from .converter import convert_state_dict
 
 #: Where the official release lives (the README of locuslab/convmixer
 #: links the tmp-iclr mirror, which mmpretrain's metafile also uses).
@@ -125,7 +126,7 @@ def load_from_official_release(filename: str, map_location=None) -> dict:
     Returns:
         dict: ``{'state_dict': ..., 'meta': ...}`` in our layout.
     """
-    checkpoint = load_any_checkpoint(fetch_official_weights(filename))
+    checkpoint = load_checkpoint_file(fetch_official_weights(filename))
     state, meta = convert_state_dict(checkpoint)
     meta['source_file'] = osp.basename(filename)
     return dict(state_dict=state, meta=meta)

@@ -22,9 +22,9 @@ from mmengine.runner import CheckpointLoader
 
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
-from .converter import (CheckpointError, convert_state_dict,
-                        format_mismatches, load_any_checkpoint,
-                        shape_mismatches)
+from ..engine.checkpoint import (CheckpointError, format_mismatches,
+                                 load_checkpoint_file, mismatches)
+from .converter import convert_state_dict
 from .hub import WeightsNotFoundError, missing_weights_message
 
 ModelType = Union[str, PathLike, Config]
@@ -109,9 +109,9 @@ def load_weights(net: BaseModel, source: str) -> None:
         checkpoint = CheckpointLoader.load_checkpoint(
             source, map_location='cpu')
     else:
-        checkpoint = load_any_checkpoint(source)
+        checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
-    problems = shape_mismatches(state, {
+    problems = mismatches(state, {
         k: tuple(v.shape)
         for k, v in net.state_dict().items()
     })

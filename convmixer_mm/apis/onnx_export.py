@@ -10,10 +10,9 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
-from ..engine import check_fits, load_checkpoint_file
+from ..engine.checkpoint import load_checkpoint_file, load_weights
 from ..engine.config import load_config
 from ..utils import UserError, atomic_save_bytes
 
@@ -68,8 +67,7 @@ def build_classifier(config: Union[str, Config],
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(model_cfg)
     if state is not None:
-        check_fits(model, state, checkpoint, strict=True)
-        _load_checkpoint_to_model(model, state, strict=True)
+        load_weights(model, state, name=checkpoint)
     return model.eval()
 
 

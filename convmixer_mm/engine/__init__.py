@@ -1,6 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .checkpoint import (CheckpointError, check_fits, load_checkpoint_file,
-                         register_safe_globals)
+                         load_weights, register_safe_globals)
 from .config import ConfigError, build_runner, load_config
 from .hooks import CompileModelHook, TestProgressBarHook
 from .optim_wrapper import MixedPrecisionOptimWrapper
@@ -13,5 +13,5 @@ __all__ = [
     'CheckpointError', 'CompileModelHook', 'ConfigError', 'ConvMixerRunner',
     'MixedPrecisionOptimWrapper', 'PiecewiseLinearLR', 'TestProgressBarHook',
     'build_runner', 'check_fits', 'load_checkpoint_file', 'load_config',
-    'register_safe_globals'
+    'load_weights', 'register_safe_globals'
 ]

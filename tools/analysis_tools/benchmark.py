@@ -146,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         settings = settings_from_config(args.model, **fields)
     else:
         settings = BenchmarkSettings(
-            arch=ConvMixerMM._parse_arch(args.model), **fields)
+            arch=ConvMixerMM.parse_arch(args.model), **fields)
     report = run_benchmark(settings)
     print(format_table(report))
     if args.out:
