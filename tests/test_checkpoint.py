@@ -148,7 +148,7 @@ def test_checkpoint_of_another_architecture(checkpoint):
     check_fits(other_head, ckpt, checkpoint, strict=False)
     with pytest.raises(CheckpointError, match='head.fc.weight'):
         check_fits(other_head, ckpt, checkpoint, strict=True)
-    with pytest.raises(CheckpointError, match='no state_dict of tensors'):
+    with pytest.raises(CheckpointError, match='no state dict of tensors'):
         check_fits(other_head, {'state_dict': {'a': 1}}, 'x.pth', True)
 
 

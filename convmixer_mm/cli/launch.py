@@ -21,10 +21,8 @@ from mmengine.evaluator import DumpResults
 from mmengine.registry import init_default_scope
 
 from mmpretrain.registry import MODELS
-from ..engine.checkpoint import load_checkpoint_file
 from ..engine.config import (ConfigError, apply_tensorboard_switch,
                              build_runner, load_config)
-from ..engine.runner import latest_checkpoint
 from ..utils import UserError
 
 
@@ -260,16 +258,6 @@ def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _precheck_resume(cfg: Config) -> None:
-    """Fail before any file is written if the resume source is bad."""
-    if not cfg.get('resume'):
-        return
-    # The same choice as ConvMixerRunner.load_or_resume makes.
-    path = cfg.get('load_from') or latest_checkpoint(cfg.work_dir)
-    if path:
-        load_checkpoint_file(path)
-
-
 def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
     """With ``--cfg-options``, build the model once before the runner
     writes anything, so that a bad value is reported as such."""
@@ -319,7 +307,6 @@ def _train(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
-    _precheck_resume(cfg)
     build_runner(cfg).train()
 
 
@@ -330,7 +317,6 @@ def _test(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
-    load_checkpoint_file(args.checkpoint)
     runner = build_runner(cfg)
     if args.out and args.out_item in ('pred', None):
         runner.test_evaluator.metrics.append(

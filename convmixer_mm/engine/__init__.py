@@ -1,6 +1,7 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .checkpoint import (CheckpointError, check_fits, load_checkpoint_file,
-                         load_weights, register_safe_globals)
+                         load_weights, register_safe_globals,
+                         route_remote_loads)
 from .config import ConfigError, build_runner, load_config
 from .hooks import CompileModelHook, TestProgressBarHook
 from .optim_wrapper import MixedPrecisionOptimWrapper
@@ -8,6 +9,7 @@ from .runner import ConvMixerRunner
 from .scheduler import PiecewiseLinearLR
 
 register_safe_globals()
+route_remote_loads()
 
 __all__ = [
     'CheckpointError', 'CompileModelHook', 'ConfigError', 'ConvMixerRunner',

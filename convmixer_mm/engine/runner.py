@@ -14,7 +14,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import BaseLoop, Runner, find_latest_checkpoint
 
 from ..utils import atomic_save_bytes
-from .checkpoint import load_checkpoint_file, load_weights, weights_only_pickling
+from .checkpoint import (load_checkpoint_file, load_weights,
+                         weights_only_pickling)
 from .optim_wrapper import has_accelerator
 
 
