@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from convmixer_mm.benchmark import randomize_bn
-from convmixer_mm.models import (CompileModelHook, ConvMixerDataPreprocessor,
-                                 ConvMixerMM, fuse_convmixer)
+from convmixer_mm.devtools.benchmark import randomize_bn
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
+                                 fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
@@ -76,7 +77,7 @@ def test_default_eval_path_matches_unfused_for_every_shipped_arch(config):
     """Each shipped model (kernel, patch, activation, channels, layout as
     configured; width and depth shrunk) infers fused and exactly."""
     cfg = Config.fromfile(config).model
-    arch = ConvMixerMM._parse_arch(cfg.backbone.get('arch', '768/32'))
+    arch = ConvMixerMM.parse_arch(cfg.backbone.get('arch', '768/32'))
     arch.update(embed_dims=16, depth=2)
     cfg.backbone.arch = arch
     cfg.head.in_channels = 16

@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 from .fused import FusedConvActBN, FusedConvMixerBlock, fusion_problem
 
@@ -62,7 +62,7 @@ def _keep_bn_stats(module: nn.Module) -> Iterator[None]:
 
 
 @MODELS.register_module()
-class ConvMixerMM(BaseModule):
+class ConvMixerMM(BaseBackbone):
     """ConvMixer backbone.
 
     A trainable implementation of `Patches Are All You Need?
@@ -133,7 +133,7 @@ class ConvMixerMM(BaseModule):
                  fuse_eval: bool = True,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        arch = self._parse_arch(arch)
+        arch = self.parse_arch(arch)
         self.embed_dims = arch['embed_dims']
         self.depth = arch['depth']
         self.patch_size = arch['patch_size']
@@ -155,7 +155,8 @@ class ConvMixerMM(BaseModule):
                 in_channels, dims, self.patch_size, stride=self.patch_size),
             build_activation_layer(act_cfg),
             build_norm_layer(norm_cfg, dims)[1])
-        dpr = torch.linspace(0, drop_path_rate, self.depth).tolist()
+        dpr = torch.linspace(
+            0, drop_path_rate, self.depth, device='cpu').tolist()
         self.stages = nn.Sequential(*[
             nn.Sequential(
                 Residual(
@@ -171,14 +172,23 @@ class ConvMixerMM(BaseModule):
         self._freeze_stages()
 
     @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> Dict[str, int]:
+    def parse_arch(cls, arch: Union[str, dict]) -> Dict[str, int]:
+        """The one arch parser: a name, ``'DIM/DEPTH/KERNEL/PATCH'`` or a
+        dict with the essential keys, checked, as a new dict."""
         if isinstance(arch, str):
-            if arch not in cls.arch_settings:
+            parts = arch.split('/')
+            if len(parts) == 4 and all(p.isdigit() for p in parts):
+                arch = dict(
+                    zip(('embed_dims', 'depth', 'kernel_size', 'patch_size'),
+                        map(int, parts)))
+            elif arch not in cls.arch_settings:
                 raise ValueError(
                     f'Unknown ConvMixer arch {arch!r}: choose one of '
-                    f'{sorted(cls.arch_settings)} or pass a dict with keys '
+                    f'{sorted(cls.arch_settings)}, DIM/DEPTH/KERNEL/PATCH '
+                    '(e.g. 256/8/9/7) or pass a dict with keys '
                     f'{list(cls.essential_keys)}.')
-            return dict(cls.arch_settings[arch])
+            else:
+                return dict(cls.arch_settings[arch])
         if not isinstance(arch, dict):
             raise TypeError(
                 f'arch must be a str or a dict, got {type(arch).__name__}.')
