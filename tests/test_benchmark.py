@@ -10,10 +10,10 @@ import os.path as osp
 import pytest
 import torch
 
-from convmixer_mm.benchmark import (BenchmarkSettings, CandidateSpec,
-                                    interleaved_times, peak_memory,
-                                    settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings, CandidateSpec,
+                                             interleaved_times, peak_memory,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CONFIG = """
@@ -153,9 +153,12 @@ def test_tool_main_candidate_follows_flags():
     def main_candidates(*argv):
         return tool.main_candidates(tool.parse_args(['1024/20', *argv]))
 
-    assert main_candidates() == ['ours+cl+fuse']
-    assert main_candidates('--channels-last', 'off', '--fuse', 'off',
+    # By default the model as the configs build it (fused by fuse_eval).
+    assert main_candidates() == ['ours+cl']
+    assert main_candidates('--channels-last', 'off',
                            '--compile', 'on') == ['ours+compile']
     # Fused models cannot train: training times the unfused model.
-    assert main_candidates('--mode', 'train', '--with-cp') == ['ours+cl+cp']
-    assert main_candidates('--mode', 'both') == ['ours+cl+fuse', 'ours+cl']
+    assert main_candidates('--mode', 'train', '--with-cp', '--fuse',
+                           'on') == ['ours+cl+cp']
+    assert main_candidates('--mode', 'both', '--fuse',
+                           'on') == ['ours+cl+fuse', 'ours+cl']

@@ -16,10 +16,10 @@ import time
 import pytest
 import torch
 
+from convmixer_mm.cli.launch import test as run_test
+from convmixer_mm.cli.launch import train
 from convmixer_mm.engine import CheckpointError, load_checkpoint_file
 from convmixer_mm.engine.checkpoint import weights_only_pickling
-from convmixer_mm.engine.launch import test as run_test
-from convmixer_mm.engine.launch import train
 from convmixer_mm.engine.work_dir import remove_stale_parts
 
 ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
@@ -39,7 +39,7 @@ needs_data = pytest.mark.skipif(
 # rename of the finished TARGET checkpoint, or before TARGET is removed.
 KILL_AT = '''
 import os, signal, sys
-from convmixer_mm.engine import launch
+from convmixer_mm.cli import launch
 point, target, *argv = sys.argv[1:]
 name = 'remove' if point == 'before_remove' else 'replace'
 real = getattr(os, name)

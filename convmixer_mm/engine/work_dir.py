@@ -8,8 +8,10 @@ import re
 import socket
 from typing import Iterator
 
+from ..utils import UserError
 
-class WorkDirBusyError(RuntimeError):
+
+class WorkDirBusyError(UserError, RuntimeError):
     """Another live run holds the work dir."""
 
 
@@ -40,7 +42,8 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
     The lock is a ``flock`` on ``WORK_DIR/.lock``, which the kernel releases
     when its process ends, however it ends: a killed run never leaves it
     stuck. Only the first process of a distributed run (``RANK`` or
-    ``SLURM_PROCID`` 0) takes it. A busy work dir is left untouched.
+    ``SLURM_PROCID`` 0) takes it. A busy work dir is left untouched, and
+    one created here is removed again if the run fails before writing.
 
     Args:
         work_dir (str): The run's work dir; created if missing.
@@ -53,8 +56,10 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
     if rank != '0':
         yield
         return
+    created = not osp.isdir(work_dir)
     os.makedirs(work_dir, exist_ok=True)
-    fd = os.open(osp.join(work_dir, '.lock'), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = osp.join(work_dir, '.lock')
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -68,5 +73,10 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
         os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
         remove_stale_parts(work_dir)
         yield
+    except BaseException:
+        if created and os.listdir(work_dir) == ['.lock']:
+            os.remove(lock)
+            os.rmdir(work_dir)
+        raise
     finally:
         os.close(fd)

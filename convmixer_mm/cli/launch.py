@@ -18,23 +18,13 @@ import mmengine
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS, init_default_scope
-from mmengine.runner import Runner
+from mmengine.registry import init_default_scope
 
 from mmpretrain.registry import MODELS
-from ..datasets import DataNotFoundError
-from .checkpoint import (CheckpointError, load_checkpoint_file,
-                         refuse_overwrite)
-from .runner import latest_checkpoint
-from .work_dir import WorkDirBusyError, work_dir_lock
-
-
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` entry is wrong."""
-
-
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError,
-               WorkDirBusyError, FileExistsError)
+from ..engine.config import (ConfigError, apply_tensorboard_switch,
+                             build_runner, load_config)
+from ..engine.work_dir import work_dir_lock
+from ..utils import UserError, refuse_overwrite
 
 
 class CfgOptionsAction(DictAction):
@@ -139,15 +129,6 @@ def test_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: str) -> Config:
-    """Read a config file, raising :class:`ConfigError` if it is missing."""
-    if not osp.isfile(path):
-        raise ConfigError(
-            f'config {path!r} does not exist: pass a config file such as '
-            'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py.')
-    return Config.fromfile(path)
-
-
 def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
     """The first parent of the dotted ``key`` absent from ``cfg``, with the
     node that should have held it; None if every parent exists."""
@@ -244,12 +225,7 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
     merge_cfg_options(cfg, args.cfg_options)
-    # Imported here: convmixer_mm.analysis builds on this module.
-    from convmixer_mm.analysis.curves import apply_tensorboard_switch
-    try:
-        apply_tensorboard_switch(cfg)
-    except ImportError as e:
-        raise ConfigError(str(e)) from None
+    apply_tensorboard_switch(cfg)
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
@@ -285,23 +261,6 @@ def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
-    """Build ``cfg.runner_type`` if set, else mmengine's ``Runner``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
-
-
-def _precheck_resume(cfg: Config) -> None:
-    """Fail before any file is written if the resume source is bad."""
-    if not cfg.get('resume'):
-        return
-    # The same choice as ConvMixerRunner.load_or_resume makes.
-    path = cfg.get('load_from') or latest_checkpoint(cfg.work_dir)
-    if path:
-        load_checkpoint_file(path)
-
-
 def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
     """With ``--cfg-options``, build the model once before the runner
     writes anything, so that a bad value is reported as such."""
@@ -320,7 +279,7 @@ def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
 def _run(main, argv: Optional[List[str]]) -> int:
     try:
         main(argv)
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     # Only after success: after a failure the other ranks may never reach
@@ -351,7 +310,6 @@ def _train(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
-    _precheck_resume(cfg)
     with work_dir_lock(cfg.work_dir):
         build_runner(cfg).train()
 
@@ -365,7 +323,6 @@ def _test(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
-    load_checkpoint_file(args.checkpoint)
     runner = build_runner(cfg)
     if args.out and args.out_item in ('pred', None):
         runner.test_evaluator.metrics.append(
