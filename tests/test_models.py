@@ -2,6 +2,7 @@
 """The backbone and head: architecture, contract and parity with timm."""
 import copy
 import doctest
+import warnings
 
 import pytest
 import timm
@@ -328,3 +329,34 @@ def test_bad_input_channels():
     with pytest.raises(ValueError, match=r'expects input of shape \(B, 1, '
                        r'H, W\), got \(2, 3, 16, 16\).*in_channels'):
         model(torch.randn(2, 3, 16, 16))
+
+
+def test_patch_larger_than_the_image_is_refused():
+    model = ConvMixerMM(dict(TINY, patch_size=32))
+    with pytest.raises(
+            ValueError,
+            match=r'patch_size=32 is larger than the input image \(28, 28\)'):
+        model(torch.rand(1, 3, 28, 28))
+
+
+def test_kernel_beyond_the_token_grid():
+    """Taps past 2 * grid - 1 read only padding: a warning (once), and the
+    output is that of the kernel cropped to the grid; far past, an error."""
+    x = torch.rand(2, 3, 28, 28)
+    with pytest.raises(ValueError, match='kernel_size=100 on the 7x7 token'):
+        ConvMixerMM(dict(TINY, kernel_size=100))(x)
+    wide = ConvMixerMM(dict(TINY, kernel_size=15)).eval()
+    with pytest.warns(UserWarning, match='taps beyond 13x13 read only zero'):
+        wide(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with torch.no_grad():
+            out = wide(x)[0]
+    cropped = ConvMixerMM(dict(TINY, kernel_size=13)).eval()
+    state = {
+        k: v[..., 1:-1, 1:-1] if v.shape[-2:] == (15, 15) else v
+        for k, v in wide.state_dict().items()
+    }
+    cropped.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(cropped(x)[0], out)

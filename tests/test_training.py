@@ -253,3 +253,94 @@ def test_invalid_cfg_options(tmp_path, capsys):
     ]) == 1
     assert "Unknown ConvMixer arch '999/9'" in _error_line(capsys)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('option, message', [
+    ('train_cfg.max_epoch=2', "the config has no 'train_cfg.max_epoch'. "
+     'Did you mean train_cfg.max_epochs?'),
+    ('train_dataloader.batch_sizee=64', 'Did you mean '
+     'train_dataloader.batch_size?'),
+    ('train_cfg.max_epochs=abc', 'train_cfg.max_epochs must be of type int'),
+    ('train_cfg.max_epochs=2.5', 'train_cfg.max_epochs must be of type int'),
+    ('train_dataloader.dataset.indicess=10',
+     "FashionMNISTIDX takes no argument 'indicess'; it takes indices"),
+    ('train_dataloader.num_workerz=1', 'Did you mean '
+     'train_dataloader.num_workers?'),
+])
+def test_bad_cfg_options_fail_before_writing(option, message, tmp_path,
+                                             capsys):
+    work_dir = tmp_path / 'work'
+    assert launch.train([CONFIG, '--work-dir',
+                         str(work_dir), '--cfg-options', option]) == 1
+    line = _error_line(capsys)
+    assert line.startswith(f'error: --cfg-options {option}: '), line
+    assert message in line
+    assert not work_dir.exists()
+
+
+@pytest.mark.parametrize('override, message', [
+    ("train_cfg = dict(max_epochs='abc')",
+     "train_cfg.max_epochs='abc' in the config file {}: max_epochs must be "
+     'of type int. Fix the config file.'),
+    ('train_dataloader = dict(batch_sizee=3)',
+     "train_dataloader.batch_sizee=3 in the config file {}: DataLoader "
+     "takes no argument 'batch_sizee'; it takes batch_size"),
+    ("model = dict(backbone=dict(arch='9/9'))",
+     "the model of the config file {} does not build: Unknown ConvMixer "
+     "arch '9/9'"),
+])
+def test_bad_values_in_the_config_file_are_blamed_on_it(
+        override, message, tmp_path, capsys):
+    config = tmp_path / 'bad.py'
+    config.write_text(f'_base_ = {CONFIG!r}\n{override}\n')
+    work_dir = tmp_path / 'work'
+    # An unrelated, valid option must not take the blame.
+    assert launch.train([
+        str(config), '--work-dir',
+        str(work_dir), '--cfg-options', 'train_dataloader.dataset.indices=8'
+    ]) == 1
+    line = _error_line(capsys)
+    assert line.startswith('error: ' + message.format(config)), line
+    assert not work_dir.exists()
+
+
+def test_missing_imagenet_fails_before_writing(tmp_path, capsys):
+    """The README's evaluation command without data/imagenet."""
+    checkpoint = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {}}, checkpoint)
+    imagenet = osp.join(ROOT, 'configs', 'convmixer',
+                        'convmixer-768-32_10xb64_in1k.py')
+    work_dir = tmp_path / 'work'
+    root = str(tmp_path / 'imagenet')
+    assert launch.test([
+        imagenet,
+        str(checkpoint), '--work-dir',
+        str(work_dir), '--cfg-options',
+        f'test_dataloader.dataset.data_root={root}'
+    ]) == 1
+    line = _error_line(capsys)
+    assert line == (
+        f'error: {root!r} does not exist: put the data set there or set '
+        'test_dataloader.dataset.data_root=DIR with --cfg-options '
+        f'(test_dataloader.dataset from --cfg-options '
+        f'test_dataloader.dataset.data_root={root}).')
+    assert not work_dir.exists()
+
+
+def test_every_shipped_config_passes_the_checks(tmp_path):
+    """No false alarm: with its data in place, each config is accepted."""
+    from convmixer_mm.engine.validate import check_config
+    fields = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    for path in sorted(
+            glob.glob(osp.join(ROOT, 'configs', '[!_]*', '[!_]*.py'))):
+        cfg = launch.load_config(path)
+        for field in fields:
+            if cfg.get(field) is None:
+                continue
+            dataset = cfg[field].dataset
+            if dataset.get('data_root', '').startswith('data/'):
+                root = tmp_path / osp.basename(dataset.data_root)
+                for split in ('train', 'val'):
+                    (root / split).mkdir(parents=True, exist_ok=True)
+                dataset.data_root = str(root)
+        check_config(cfg, launch.load_config(path), None, path, fields)

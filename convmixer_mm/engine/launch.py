@@ -18,17 +18,13 @@ import mmengine
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS, init_default_scope
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmpretrain.registry import MODELS
 from ..datasets import DataNotFoundError
 from .checkpoint import CheckpointError, load_checkpoint_file
 from .runner import latest_checkpoint
-
-
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` entry is wrong."""
+from .validate import ConfigError, check_config
 
 
 USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
@@ -297,19 +293,13 @@ def _precheck_resume(cfg: Config) -> None:
         load_checkpoint_file(path)
 
 
-def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
-    """With ``--cfg-options``, build the model once before the runner
-    writes anything, so that a bad value is reported as such."""
-    if not options:
-        return
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    try:
-        MODELS.build(cfg.model)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f'the model does not build with --cfg-options '
-            f'{" ".join(f"{k}={v}" for k, v in options.items())}: {e}'
-        ) from None
+def _check(cfg: Config, args: argparse.Namespace,
+           fields: Sequence[str]) -> None:
+    """Check the merged config against the file before anything is
+    written."""
+    fields = [f for f in fields if cfg.get(f) is not None]
+    check_config(cfg, load_config(args.config), args.cfg_options,
+                 args.config, fields)
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
@@ -345,7 +335,7 @@ def _train(argv: Optional[List[str]]) -> None:
     args = train_parser().parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
-    _check_model_builds(cfg, args.cfg_options)
+    _check(cfg, args, ('train_dataloader', 'val_dataloader'))
     _precheck_resume(cfg)
     build_runner(cfg).train()
 
@@ -356,7 +346,7 @@ def _test(argv: Optional[List[str]]) -> None:
         raise ConfigError('--out-item needs --out FILE to write to.')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
-    _check_model_builds(cfg, args.cfg_options)
+    _check(cfg, args, ('test_dataloader', ))
     load_checkpoint_file(args.checkpoint)
     runner = build_runner(cfg)
     if args.out and args.out_item in ('pred', None):
