@@ -7,10 +7,12 @@ data set or checkpoint, a corrupt or mismatching checkpoint, bad
 fix, exit status 1 (2 for command-line syntax), and no traceback.
 """
 import argparse
+import ctypes
 import difflib
 import gc
 import os
 import os.path as osp
+import signal
 import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -331,8 +333,24 @@ def _shut_down_distributed() -> None:
     gc.collect()
 
 
+def _exit_with_launcher(launcher: str) -> None:
+    """Make a torchrun worker die with its agent (Linux only).
+
+    torchrun ends its workers when one fails, but a ``kill -9`` of torchrun
+    itself would leave them training as orphans that hold the work dir.
+    """
+    if launcher != 'pytorch' or not sys.platform.startswith('linux'):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:
+        # The agent died before the call above.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _train(argv: Optional[List[str]]) -> None:
     args = train_parser().parse_args(argv)
+    _exit_with_launcher(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
     _check(cfg, args, ('train_dataloader', 'val_dataloader'))
@@ -342,6 +360,7 @@ def _train(argv: Optional[List[str]]) -> None:
 
 def _test(argv: Optional[List[str]]) -> None:
     args = test_parser().parse_args(argv)
+    _exit_with_launcher(args.launcher)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
