@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from convmixer_mm.apis import inference_model
-from convmixer_mm.converter import CheckpointError
+from convmixer_mm.apis import classify
+from convmixer_mm.apis.converter import CheckpointError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
             file=sys.stderr)
         return 1
     try:
-        result = inference_model(
+        result = classify(
             args.model,
             args.img,
             pretrained=args.pretrained or True,

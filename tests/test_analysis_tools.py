@@ -13,11 +13,11 @@ from mmengine.config import Config
 from mmpretrain.models.backbones import ConvMixer, VisionTransformer
 from mmpretrain.registry import MODELS
 
-from convmixer_mm.analysis import (Budget, compare, config_complexity,
-                                   count_complexity, epoch_curves,
-                                   load_scalars)
-from convmixer_mm.analysis.compare import apply_budget, train_one
-from convmixer_mm.engine.launch import ConfigError
+from convmixer_mm.apis.complexity import config_complexity, count_complexity
+from convmixer_mm.engine import ConfigError
+from convmixer_mm.devtools.compare import (Budget, apply_budget, compare,
+                                           train_one)
+from convmixer_mm.devtools.curves import epoch_curves, load_scalars
 from convmixer_mm.models import ConvMixerMM
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -1,5 +1,5 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Our names in mmpretrain's ModelHub, get_model / inference_model (ours
+"""Our names in mmpretrain's ModelHub, load_model / classify (ours
 and mmpretrain's), the official-URL loader, and their errors.
 
 Budget: about 30 s on a quiet 2-core machine.
@@ -17,10 +17,10 @@ from timm.models.convmixer import ConvMixer as TimmConvMixer
 
 import mmpretrain
 from convmixer_mm.apis import (OFFICIAL_URL_PREFIXES, WeightsNotFoundError,
-                               find_model_index, get_model, inference_model,
+                               classify, find_model_index, load_model,
                                load_image)
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    expected_shapes)
+from convmixer_mm.apis.converter import CheckpointError, convert_checkpoint
+from convmixer_mm.engine.checkpoint import model_shapes
 from convmixer_mm.models import ConvMixerMM
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from official_convmixer import official_convmixer, randomize
@@ -90,7 +90,7 @@ def test_metafile():
             num_classes=entry.config.model.head.num_classes)
         count = sum(
             int(np.prod(shape))
-            for key, shape in expected_shapes(arch).items()
+            for key, shape in model_shapes(arch).items()
             if key.endswith(('.weight', '.bias')))
         assert models[name]['Metadata']['Parameters'] == count
         assert ModelHub.get(theirs).metadata.parameters == count
@@ -106,7 +106,7 @@ def test_mmpretrain_get_model_and_inference(official):
     result = mmpretrain.inference_model(NAME, CAT, pretrained=converted)
     assert result['pred_class'] == net._dataset_meta['classes'][
         result['pred_label']]
-    ours = inference_model(NAME, CAT, pretrained=converted, topk=3)
+    ours = classify(NAME, CAT, pretrained=converted, topk=3)
     np.testing.assert_allclose(
         ours['pred_scores'], result['pred_scores'], atol=1e-6)
     scores = ours['pred_scores']
@@ -126,7 +126,7 @@ def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     monkeypatch.setenv('CONVMIXER_MM_OFFLINE', '1')
     with pytest.raises(WeightsNotFoundError) as info:
-        get_model(NAME, pretrained=True)
+        load_model(NAME, pretrained=True)
     message = str(info.value)
     assert ModelHub.get(NAME).weights in message
     assert 'tools/model_converters/convmixer_to_mm.py' in message
@@ -136,23 +136,23 @@ def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
     (cache / osp.basename(release)).symlink_to(release)
     x = torch.randn(1, 3, 28, 28)
     for net in (mmpretrain.get_model(NAME, pretrained=True),
-                get_model(NAME, pretrained=True)):
+                load_model(NAME, pretrained=True)):
         assert (logits(net, x) - logits(model, x)).abs().max() <= 1e-4
         assert len(net._dataset_meta['classes']) == 1000
 
 
 def test_any_layout_loads_directly(official):
-    """Our get_model converts an unconverted release file in memory."""
+    """Our load_model converts an unconverted release file in memory."""
     model, release, _ = official
     x = torch.randn(1, 3, 28, 28)
-    net = get_model(NAME, pretrained=release)
+    net = load_model(NAME, pretrained=release)
     assert (logits(net, x) - logits(model, x)).abs().max() <= 1e-4
 
 
 def test_missing_weight_file(tmp_path):
     missing = str(tmp_path / 'missing.pth')
     with pytest.raises(WeightsNotFoundError) as info:
-        get_model(NAME, pretrained=missing)
+        load_model(NAME, pretrained=missing)
     message = str(info.value)
     assert missing in message and 'no such file' in message
     assert ModelHub.get(NAME).weights in message
@@ -160,7 +160,7 @@ def test_missing_weight_file(tmp_path):
             WeightsNotFoundError,
             match='has no predefined weights: pass '
             'pretrained=PATH'):
-        get_model(FASHION_CONFIG, pretrained=True)
+        load_model(FASHION_CONFIG, pretrained=True)
 
 
 def _fashion(tmp_path, act='gelu', in_chans=1, dims=128, seed=0):
@@ -182,7 +182,7 @@ def _fashion(tmp_path, act='gelu', in_chans=1, dims=128, seed=0):
 def test_shape_mismatch_lists_keys(tmp_path):
     _, converted = _fashion(tmp_path, dims=64)
     with pytest.raises(CheckpointError) as info:
-        get_model(FASHION_CONFIG, pretrained=converted)
+        load_model(FASHION_CONFIG, pretrained=converted)
     message = str(info.value)
     # Every conv, BN and fc tensor but the BN counters and the fc bias.
     assert '(55 mismatched keys)' in message and '... and 45 more' in message
@@ -195,8 +195,8 @@ def test_activation_mismatch_is_refused(tmp_path):
     with pytest.raises(
             CheckpointError,
             match='trained with ReLU, but the config builds GELU'):
-        get_model(FASHION_CONFIG, pretrained=converted)
-    net = get_model(
+        load_model(FASHION_CONFIG, pretrained=converted)
+    net = load_model(
         FASHION_CONFIG,
         pretrained=converted,
         backbone=dict(act_cfg=dict(type='ReLU')))
@@ -213,7 +213,7 @@ def test_grayscale_inference_matches_reference(tmp_path):
     image = pixels.reshape(28, 28)
     png = str(tmp_path / 'ankle-boot.png')
     cv2.imwrite(png, image)
-    result = inference_model(FASHION_CONFIG, png, pretrained=converted)
+    result = classify(FASHION_CONFIG, png, pretrained=converted)
     with torch.no_grad():
         x = (torch.from_numpy(image.astype(np.float32)) - 72.94) / 90.02
         expected = reference(x[None, None]).softmax(1)[0].numpy()

@@ -10,10 +10,10 @@ import os.path as osp
 import pytest
 import torch
 
-from convmixer_mm.benchmark import (BenchmarkSettings, CandidateSpec,
-                                    interleaved_times, peak_memory,
-                                    settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings, CandidateSpec,
+                                             interleaved_times, peak_memory,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CONFIG = """

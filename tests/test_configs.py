@@ -13,8 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
-from convmixer_mm.engine import PiecewiseLinearLR
-from convmixer_mm.engine.launch import build_runner
+from convmixer_mm.engine import PiecewiseLinearLR, build_runner
 from mmpretrain.registry import MODELS, PARAM_SCHEDULERS, TRANSFORMS
 
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', 'configs', 'convmixer')

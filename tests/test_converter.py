@@ -19,11 +19,13 @@ import torch.nn as nn
 from timm.models.convmixer import ConvMixer as TimmConvMixer
 
 import mmpretrain
-from convmixer_mm.apis import get_model, load_weights
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    convert_state_dict, describe_conversion,
-                                    from_mm_layout, to_mm_layout)
-from convmixer_mm.engine.launch import test as run_tools_test
+from convmixer_mm.apis import load_model, load_pretrained
+from convmixer_mm.apis.converter import (CheckpointError,
+                                         convert_checkpoint,
+                                         convert_state_dict,
+                                         describe_conversion, from_mm_layout,
+                                         to_mm_layout)
+from convmixer_mm.cli.launch import test as run_tools_test
 from official_convmixer import official_convmixer, randomize
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -83,7 +85,7 @@ def test_imagenet_parity(arch, tmp_path):
     }, tmp_path / 'official.pth.tar')
     meta = convert_checkpoint(
         str(tmp_path / 'official.pth.tar'), str(tmp_path / 'official.pth'))
-    ours = get_model(
+    ours = load_model(
         config_of(arch), pretrained=str(tmp_path / 'official.pth'))
     diffs['official'] = max_diff(official, ours, x)
     del official
@@ -142,7 +144,7 @@ def test_tiny_parity_all_layouts(kernel, tmp_path):
     through every source layout, the wrappers and a ``module.`` prefix."""
     torch.manual_seed(kernel)
     x = torch.randn(2, 3, 32, 32)
-    ours = get_model(
+    ours = load_model(
         config_of('1536/20'),
         backbone=dict(
             arch=dict(
@@ -177,7 +179,7 @@ def test_tiny_parity_all_layouts(kernel, tmp_path):
             str(tmp_path / f'{name}.pth'),
             str(tmp_path / f'{name}_mm.pth'),
             arch=f'16/2/{kernel}/4')
-        load_weights(ours, str(tmp_path / f'{name}_mm.pth'))
+        load_pretrained(ours, str(tmp_path / f'{name}_mm.pth'))
         diff = max_diff(reference, ours, x)
         assert diff <= TOLERANCE, (name, diff)
 
@@ -347,7 +349,7 @@ def test_arch_and_config_mismatch(tmp_path):
         '  head.fc.weight: checkpoint (7, 128) vs model (10, 128)',
         '  head.fc.bias: checkpoint (7,) vs model (10,)',
     ]
-    with pytest.raises(ValueError, match='Unknown arch'):
+    with pytest.raises(ValueError, match='Unknown ConvMixer arch'):
         convert_checkpoint(src, str(tmp_path / 'dst.pth'), arch='big')
     assert sorted(os.listdir(tmp_path)) == ['seven.pth', 'src.pth']
 

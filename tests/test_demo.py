@@ -16,7 +16,7 @@ import pytest
 import torch
 from timm.models.convmixer import ConvMixer as TimmConvMixer
 
-from convmixer_mm.converter import convert_checkpoint
+from convmixer_mm.apis.converter import convert_checkpoint
 from mmpretrain.datasets.categories import FASHIONMNIST_CATEGORITES
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

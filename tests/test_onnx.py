@@ -14,10 +14,9 @@ pytest.importorskip('onnxscript')
 import onnxruntime as ort  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
-from convmixer_mm.deploy import (ExportError, build_classifier,  # noqa: E402
-                                 export_onnx, opset_of)
-from convmixer_mm.engine import CheckpointError  # noqa: E402
-from convmixer_mm.engine.launch import ConfigError  # noqa: E402
+from convmixer_mm.apis.onnx_export import (  # noqa: E402
+    ExportError, build_classifier, export_onnx, opset_of)
+from convmixer_mm.engine import CheckpointError, ConfigError  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from convmixer_mm.engine import launch
+from convmixer_mm.cli import launch
 
 ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
 CONFIG = osp.join(ROOT, 'configs', 'convmixer',

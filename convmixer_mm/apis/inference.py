@@ -1,12 +1,14 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""``get_model`` and ``inference_model`` with checks around mmpretrain's.
+"""``load_model`` and ``classify``: mmpretrain's ``get_model`` and
+``inference_model`` with checks.
 
-mmpretrain's own functions work with our names too; these add what a
-user needs when something is wrong: a missing weight file names the URL
-and the conversion command, a checkpoint of any layout (official, timm,
-mmpretrain) is converted on the fly, mismatched shapes are listed key by
-key, and weights trained with another activation than the config's are
-refused instead of silently giving wrong predictions.
+mmpretrain's own functions work with our names too (and keep their own
+behaviour); these add what a user needs when something is wrong: a missing
+weight file names the URL and the conversion command, a checkpoint of any
+layout (official, timm, mmpretrain) is converted on the fly, mismatched
+shapes are listed key by key, and weights trained with another activation
+than the config's are refused instead of silently giving wrong
+predictions.
 """
 import os.path as osp
 from os import PathLike
@@ -18,26 +20,22 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader
 
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
-from ..converter import (CheckpointError, convert_state_dict,
-                         format_mismatches, load_any_checkpoint,
-                         shape_mismatches)
+from ..engine.checkpoint import (CheckpointError, format_mismatches,
+                                 is_remote, load_checkpoint_file, load_weights,
+                                 mismatches)
+from .converter import convert_state_dict
 from .hub import WeightsNotFoundError, missing_weights_message
 
 ModelType = Union[str, PathLike, Config]
 
 
-def _is_url(path: str) -> bool:
-    return '://' in path
-
-
-def get_model(model: ModelType,
-              pretrained: Union[bool, str, PathLike] = False,
-              device: Union[str, torch.device, None] = None,
-              **kwargs) -> BaseModel:
+def load_model(model: ModelType,
+               pretrained: Union[bool, str, PathLike] = False,
+               device: Union[str, torch.device, None] = None,
+               **kwargs) -> BaseModel:
     """Build a model by name or config, with checked pretrained weights.
 
     Args:
@@ -63,7 +61,7 @@ def get_model(model: ModelType,
     """
     if isinstance(pretrained, PathLike):
         pretrained = str(pretrained)
-    if isinstance(pretrained, str) and not _is_url(pretrained) \
+    if isinstance(pretrained, str) and not is_remote(pretrained) \
             and not osp.isfile(pretrained):
         url = None
         if isinstance(model, str) and ModelHub.has(model.lower()):
@@ -74,7 +72,7 @@ def get_model(model: ModelType,
     net = mm_get_model(model, pretrained=False, **kwargs)
     source = _resolve_weights(net, model, pretrained)
     if source is not None:
-        load_weights(net, source)
+        load_pretrained(net, source)
     if device is not None:
         net.to(device)
     net.eval()
@@ -97,21 +95,17 @@ def _resolve_weights(net: BaseModel, model: ModelType,
     return source
 
 
-def load_weights(net: BaseModel, source: str) -> None:
+def load_pretrained(net: BaseModel, source: str) -> None:
     """Load a ConvMixer checkpoint of any layout into ``net``, strictly.
 
     Args:
         net (BaseModel): An ``ImageClassifier`` with a ConvMixer backbone,
-            as built by :func:`get_model`.
+            as built by :func:`load_model`.
         source (str): A local file or a URL.
     """
-    if _is_url(source):
-        checkpoint = CheckpointLoader.load_checkpoint(
-            source, map_location='cpu')
-    else:
-        checkpoint = load_any_checkpoint(source)
+    checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
-    problems = shape_mismatches(state, {
+    problems = mismatches(state, {
         k: tuple(v.shape)
         for k, v in net.state_dict().items()
     })
@@ -126,7 +120,7 @@ def load_weights(net: BaseModel, source: str) -> None:
     # and third-party ones do (or imply the release's).
     if meta['source_layout'] != 'mmpretrain' or 'act_cfg' in (old_meta or {}):
         _check_activation(net, meta['act_cfg']['type'], source)
-    net.load_state_dict(state, strict=True)
+    load_weights(net, state, name=source)
     if 'dataset_meta' in meta:
         net._dataset_meta = meta['dataset_meta']
 
@@ -139,7 +133,7 @@ def _check_activation(net: BaseModel, needed: str, source: str) -> None:
             f'{source} holds weights trained with {needed}, but the config '
             f'builds {used}: the predictions would be wrong. Use a config '
             f'with model.backbone.act_cfg=dict(type={needed!r}) (or pass '
-            f"backbone=dict(act_cfg=dict(type={needed!r})) to get_model).")
+            f"backbone=dict(act_cfg=dict(type={needed!r})) to load_model).")
 
 
 def load_image(img: Union[str, PathLike, np.ndarray],
@@ -187,21 +181,21 @@ def topk_predictions(scores: np.ndarray,
             for i in order]
 
 
-def inference_model(model: Union[BaseModel, ModelType],
-                    img: Union[str, PathLike, np.ndarray],
-                    pretrained: Union[bool, str, PathLike] = False,
-                    device: Union[str, torch.device, None] = None,
-                    topk: int = 5,
-                    **kwargs) -> dict:
+def classify(model: Union[BaseModel, ModelType],
+             img: Union[str, PathLike, np.ndarray],
+             pretrained: Union[bool, str, PathLike] = False,
+             device: Union[str, torch.device, None] = None,
+             topk: int = 5,
+             **kwargs) -> dict:
     """Classify one image.
 
     Args:
         model (BaseModel | str | PathLike | Config): A built model, or what
-            :func:`get_model` takes.
+            :func:`load_model` takes.
         img (str | PathLike | np.ndarray): The image.
-        pretrained (bool | str | PathLike): See :func:`get_model`; ignored
+        pretrained (bool | str | PathLike): See :func:`load_model`; ignored
             for a built model. Defaults to False.
-        device (str | torch.device, optional): See :func:`get_model`.
+        device (str | torch.device, optional): See :func:`load_model`.
         topk (int): How many classes to list. Defaults to 5.
         **kwargs: Overrides of the ``model`` config.
 
@@ -216,7 +210,7 @@ def inference_model(model: Union[BaseModel, ModelType],
         # Before building the model, which takes seconds for big ones.
         raise FileNotFoundError(f'Image {img} does not exist.')
     if not isinstance(model, BaseModel):
-        model = get_model(model, pretrained, device, **kwargs)
+        model = load_model(model, pretrained, device, **kwargs)
     image = load_image(img, _in_channels(model))
     inferencer = ImageClassificationInferencer(model, pretrained=False)
     # The inferencer's own __call__ draws a progress bar on stdout; one

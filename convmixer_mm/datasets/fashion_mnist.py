@@ -9,6 +9,7 @@ import numpy as np
 from mmpretrain.datasets import BaseDataset, FashionMNIST
 from mmpretrain.datasets.categories import FASHIONMNIST_CATEGORITES
 from mmpretrain.registry import DATASETS
+from ..utils import UserError
 
 DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 _FILES = {
@@ -20,7 +21,7 @@ _IMAGES_MAGIC = 0x0803
 _LABELS_MAGIC = 0x0801
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A data set is not where the config says."""
 
 

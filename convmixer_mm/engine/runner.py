@@ -11,10 +11,10 @@ from mmengine.dist import is_distributed, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from mmengine.runner import BaseLoop, Runner, find_latest_checkpoint
 
-from .checkpoint import (atomic_save_bytes, check_fits, load_checkpoint_file,
+from ..utils import atomic_save_bytes
+from .checkpoint import (load_checkpoint_file, load_weights,
                          weights_only_pickling)
 from .optim_wrapper import has_accelerator
 
@@ -27,12 +27,9 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     written atomically, so the newest ``epoch_N.pth`` / ``iter_N.pth`` on
     disk is then complete and is used instead.
     """
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if osp.isfile(pointer):
-        with open(pointer) as f:
-            named = f.read().strip()
-        if named and osp.isfile(named):
-            return named
+    named = find_latest_checkpoint(work_dir)
+    if named and osp.isfile(named):
+        return named
     if not osp.isdir(work_dir):
         return None
     found = []
@@ -64,6 +61,16 @@ class ConvMixerRunner(Runner):
     - Without an accelerator, ``launcher='pytorch'`` runs DDP on CPU with
       the gloo backend.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Read the checkpoint to load (or resume) before anything is
+        # written, so that a bad one is reported first; it is read once.
+        source = kwargs.get('load_from')
+        if kwargs.get('resume') and not source:
+            source = latest_checkpoint(kwargs['work_dir'])
+        self._preloaded = (source, load_checkpoint_file(source)) \
+            if source else (None, None)
+        super().__init__(*args, **kwargs)
 
     def setup_env(self, env_cfg: dict) -> None:
         """Set up the environment; init gloo for CPU-only distributed runs."""
@@ -138,27 +145,25 @@ class ConvMixerRunner(Runner):
             filename (str): Local path or URL.
             map_location (str | Callable): As in ``torch.load``.
                 Defaults to 'cpu'.
-            strict (bool): Require every key and shape to match. Resuming
-                and testing always do. Defaults to False.
-            revise_keys (list): ``(pattern, replacement)`` pairs applied to
-                the keys. Defaults to stripping ``module.``.
+            strict (bool): Require every key and shape to match. Only
+                fine-tuning (training from ``load_from``) may leave it off
+                and load another head; testing, validating and resuming
+                are always strict. Defaults to False.
+            revise_keys: Ignored: ``module.`` prefixes and the official
+                and timm layouts are renamed by :func:`load_weights`.
 
         Returns:
             dict: The checkpoint.
         """
-        checkpoint = load_checkpoint_file(filename, map_location)
+        source, self._preloaded = self._preloaded, (None, None)
+        checkpoint = source[1] if source[0] == filename else \
+            load_checkpoint_file(filename, map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(
             self.model) else self.model
-        strict = strict or self._resume or getattr(self, '_testing', False)
-        check_fits(model, checkpoint, filename, strict)
-        checkpoint = _load_checkpoint_to_model(
-            model, checkpoint, strict, revise_keys=list(revise_keys))
+        fine_tuning = isinstance(self._train_loop,
+                                 BaseLoop) and not self._resume
+        load_weights(model, checkpoint, strict or not fine_tuning, filename)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
-
-    def test(self) -> dict:
-        """Test; the checkpoint under test must match the model exactly."""
-        self._testing = True
-        return super().test()

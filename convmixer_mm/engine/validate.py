@@ -20,10 +20,7 @@ from torch.utils.data import DataLoader
 
 import mmpretrain.registry
 from ..datasets import DataNotFoundError
-
-
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` entry is wrong."""
+from .config import ConfigError
 
 
 # Keys that mmengine's builders take out before calling the class.

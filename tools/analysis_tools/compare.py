@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.analysis.compare import Budget, compare
+from convmixer_mm.devtools.compare import Budget, compare
 from convmixer_mm.engine import CheckpointError
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.analysis import config_complexity
+from convmixer_mm.apis.complexity import config_complexity
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

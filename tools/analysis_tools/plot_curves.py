@@ -10,7 +10,7 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.analysis.curves import (DEFAULT_KEYS, epoch_curves,
+from convmixer_mm.devtools.curves import (DEFAULT_KEYS, epoch_curves,
                                           find_scalars, load_scalars,
                                           plot_curves)
 

@@ -10,10 +10,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.deploy import (ExportError, build_classifier,
-                                 check_export_args, export_onnx, opset_of)
-from convmixer_mm.deploy.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
-                                             MIN_OPSET)
+from convmixer_mm.apis.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
+                                           MIN_OPSET, ExportError,
+                                           build_classifier,
+                                           check_export_args, export_onnx,
+                                           opset_of)
 from convmixer_mm.engine import CheckpointError
 
 

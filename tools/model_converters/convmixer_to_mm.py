@@ -9,8 +9,8 @@ Example::
 import argparse
 import sys
 
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    describe_conversion)
+from convmixer_mm.apis.converter import (CheckpointError, convert_checkpoint,
+                                         describe_conversion)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

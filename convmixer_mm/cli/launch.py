@@ -20,16 +20,10 @@ import mmengine
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from ..datasets import DataNotFoundError
-from .checkpoint import CheckpointError, load_checkpoint_file
-from .runner import latest_checkpoint
-from .validate import ConfigError, check_config
-
-
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
+from ..engine.config import (ConfigError, apply_tensorboard_switch,
+                             build_runner, load_config)
+from ..engine.validate import check_config
+from ..utils import UserError
 
 
 class CfgOptionsAction(DictAction):
@@ -132,15 +126,6 @@ def test_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: str) -> Config:
-    """Read a config file, raising :class:`ConfigError` if it is missing."""
-    if not osp.isfile(path):
-        raise ConfigError(
-            f'config {path!r} does not exist: pass a config file such as '
-            'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py.')
-    return Config.fromfile(path)
-
-
 def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
     """The first parent of the dotted ``key`` absent from ``cfg``, with the
     node that should have held it; None if every parent exists."""
@@ -237,12 +222,7 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
     merge_cfg_options(cfg, args.cfg_options)
-    # Imported here: convmixer_mm.analysis builds on this module.
-    from convmixer_mm.analysis.curves import apply_tensorboard_switch
-    try:
-        apply_tensorboard_switch(cfg)
-    except ImportError as e:
-        raise ConfigError(str(e)) from None
+    apply_tensorboard_switch(cfg)
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
@@ -278,23 +258,6 @@ def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
-    """Build ``cfg.runner_type`` if set, else mmengine's ``Runner``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
-
-
-def _precheck_resume(cfg: Config) -> None:
-    """Fail before any file is written if the resume source is bad."""
-    if not cfg.get('resume'):
-        return
-    # The same choice as ConvMixerRunner.load_or_resume makes.
-    path = cfg.get('load_from') or latest_checkpoint(cfg.work_dir)
-    if path:
-        load_checkpoint_file(path)
-
-
 def _check(cfg: Config, args: argparse.Namespace,
            fields: Sequence[str]) -> None:
     """Check the merged config against the file before anything is
@@ -307,7 +270,7 @@ def _check(cfg: Config, args: argparse.Namespace,
 def _run(main, argv: Optional[List[str]]) -> int:
     try:
         main(argv)
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     # Only after success: after a failure the other ranks may never reach
@@ -354,7 +317,6 @@ def _train(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
     _check(cfg, args, ('train_dataloader', 'val_dataloader'))
-    _precheck_resume(cfg)
     build_runner(cfg).train()
 
 
@@ -366,7 +328,6 @@ def _test(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
     _check(cfg, args, ('test_dataloader', ))
-    load_checkpoint_file(args.checkpoint)
     runner = build_runner(cfg)
     if args.out and args.out_item in ('pred', None):
         runner.test_evaluator.metrics.append(

@@ -10,12 +10,11 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
-from ..engine import check_fits, load_checkpoint_file
-from ..engine.checkpoint import atomic_save_bytes
-from ..engine.launch import load_config
+from ..engine.checkpoint import load_checkpoint_file, load_weights
+from ..engine.config import load_config
+from ..utils import UserError, atomic_save_bytes
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
@@ -25,7 +24,7 @@ MAX_OPSET = 23
 DEFAULT_OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported graph disagrees with PyTorch or does not run."""
 
 
@@ -68,8 +67,7 @@ def build_classifier(config: Union[str, Config],
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(model_cfg)
     if state is not None:
-        check_fits(model, state, checkpoint, strict=True)
-        _load_checkpoint_to_model(model, state, strict=True)
+        load_weights(model, state, name=checkpoint)
     return model.eval()
 
 
@@ -247,7 +245,7 @@ def export_onnx(model: nn.Module,
     Example:
         >>> import os.path as osp, tempfile
         >>> from mmpretrain.registry import MODELS
-        >>> from convmixer_mm.deploy import export_onnx
+        >>> from convmixer_mm.apis.onnx_export import export_onnx
         >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=4)
         >>> model = MODELS.build(dict(
         ...     type='ImageClassifier',
