@@ -158,6 +158,130 @@ def test_dist_train_two_processes_on_cpu(tmp_path):
     assert osp.isfile(tmp_path / 'epoch_1.pth')
 
 
+def _children(pid: int, name: str) -> list:
+    """The live child processes of ``pid`` whose command line has
+    ``name``."""
+    found = []
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            with open(stat) as f:
+                fields = f.read().rpartition(')')[2].split()
+            with open(stat.replace('stat', 'cmdline'), 'rb') as f:
+                cmdline = f.read().decode(errors='replace')
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != 'Z' and name in cmdline:
+            found.append(int(stat.split('/')[2]))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rpartition(')')[2].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _dist_train(work_dir, *args: str, **kwargs):
+    """``tools/dist_train.sh CONFIG 2`` on CPU (gloo), as a process."""
+    env = dict(os.environ, PORT=str(free_port()))
+    return subprocess.Popen([
+        'bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
+        str(work_dir), '--no-validate', *args
+    ],
+                            cwd=ROOT,
+                            env=env,
+                            **kwargs)
+
+
+def _torchrun_and_workers(script: subprocess.Popen) -> tuple:
+    """Wait until torchrun has started both workers; their pids."""
+    found = {}
+
+    def started():
+        found['agent'] = _children(script.pid, 'torch.distributed.run')
+        found['workers'] = [
+            pid for agent in found['agent']
+            for pid in _children(agent, 'train.py')
+        ]
+        return len(found['workers']) == 2
+
+    assert _wait_for(started, 300), 'torchrun did not start two workers'
+    [agent] = found['agent']
+    return agent, found['workers']
+
+
+@pytest.mark.slow
+def test_dist_train_ends_when_a_worker_dies_and_resumes(tmp_path):
+    """kill -9 of one worker ends the whole run within seconds (not a
+    hang in the other worker's all-reduce), and --resume continues."""
+    options = [
+        '--cfg-options', 'train_dataloader.dataset.indices=1024',
+        'train_cfg.max_epochs=4'
+    ]
+    script = _dist_train(
+        tmp_path,
+        *options,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        _, workers = _torchrun_and_workers(script)
+        assert _wait_for(lambda: osp.exists(tmp_path / 'epoch_1.pth'), 600)
+        os.kill(workers[1], signal.SIGKILL)
+        # Generous on a loaded machine; a hang would never end.
+        assert script.wait(timeout=120) != 0
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert not osp.exists(tmp_path / 'epoch_4.pth')
+    resumed = _dist_train(
+        tmp_path,
+        '--resume',
+        *options,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True)
+    log = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    assert re.search(r'resumed epoch: [123], iter: ', log)
+    assert osp.isfile(tmp_path / 'epoch_4.pth')
+
+
+@pytest.mark.slow
+def test_workers_exit_when_torchrun_is_killed(tmp_path):
+    """kill -9 of torchrun must not leave its workers training."""
+    script = _dist_train(
+        tmp_path,
+        '--cfg-options',
+        'train_dataloader.dataset.indices=1024',
+        'train_cfg.max_epochs=1000',
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    agent, workers = None, []
+    try:
+        agent, workers = _torchrun_and_workers(script)
+        # Training has started once the first checkpoint is written.
+        assert _wait_for(lambda: osp.exists(tmp_path / 'epoch_1.pth'), 600)
+        os.kill(agent, signal.SIGKILL)
+        assert _wait_for(lambda: not any(map(_alive, workers)), 30), \
+            'the workers outlived torchrun'
+    finally:
+        for pid in [p for p in [agent, *workers] if p and _alive(p)]:
+            os.kill(pid, signal.SIGKILL)
+        script.wait(timeout=60)
+
+
 @pytest.fixture
 def capsys(capsys):
     """pytest's ``capsys``, forgetting mmengine's loggers afterwards.
