@@ -1,4 +1,8 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .fashion_mnist import DataNotFoundError, FashionMNISTIDX, read_idx
+from .transforms import ToChannels, to_channels
 
-__all__ = ['FashionMNISTIDX', 'DataNotFoundError', 'read_idx']
+__all__ = [
+    'FashionMNISTIDX', 'DataNotFoundError', 'ToChannels', 'read_idx',
+    'to_channels'
+]
