@@ -390,6 +390,11 @@ def test_invalid_cfg_options(tmp_path, capsys):
      "FashionMNISTIDX takes no argument 'indicess'; it takes indices"),
     ('train_dataloader.num_workerz=1', 'Did you mean '
      'train_dataloader.num_workers?'),
+    ('model.backbone.drop_pth_rate=0.1',
+     "ConvMixerMM takes no argument 'drop_pth_rate'; it takes "
+     'drop_path_rate'),
+    ('optim_wrapper.optimizer.lr=fast', 'optim_wrapper.optimizer.lr must '
+     'be of type float'),
 ])
 def test_bad_cfg_options_fail_before_writing(option, message, tmp_path,
                                              capsys):

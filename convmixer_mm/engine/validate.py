@@ -98,6 +98,20 @@ def _type_ok(value: Any, allowed: Sequence[type]) -> bool:
         bool in allowed or not isinstance(value, bool))
 
 
+def _node(cfg: Config, key: str) -> Any:
+    """The value at the dotted ``key`` (list indices allowed), or None."""
+    node: Any = cfg._cfg_dict
+    for part in key.split('.') if key else ():
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(
+                part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
 class _Checker:
     """Walks the nodes of a merged config, blaming each bad value on its
     source."""
@@ -124,10 +138,12 @@ class _Checker:
                 f'{problem}. Fix the config file.')
         raise ConfigError(f'{given}: {problem}.')
 
-    def check_node(self, path: str, node: dict,
+    def check_node(self, path: str, node: Any,
                    keys: Optional[Sequence[str]] = None) -> None:
         """Check ``keys`` (default: all) of ``node`` against the classes
         that receive it."""
+        if not isinstance(node, dict):
+            return
         accepted = [_parameters(c) for c in _consumers(path, node)]
         if not accepted or None in accepted:
             return
@@ -155,7 +171,7 @@ class _Checker:
         must have the type of the value it replaces."""
         for key, value in self.options.items():
             parent, _, leaf = key.rpartition('.')
-            node = base.get(parent) if parent else base._cfg_dict
+            node = _node(base, parent)
             if not isinstance(node, dict):
                 continue
             if leaf not in node:
@@ -166,7 +182,7 @@ class _Checker:
                         f'--cfg-options {key}={value}: the config has no '
                         f'{key!r}. Did you mean '
                         f'{", ".join(f"{parent}.{c}" for c in close)}?')
-                self.check_node(parent, self.cfg.get(parent) or {}, [leaf])
+                self.check_node(parent, _node(self.cfg, parent), [leaf])
                 continue
             old = node[leaf]
             for kind in (bool, int, float):
@@ -177,8 +193,7 @@ class _Checker:
                             f'of type {kind.__name__}, like the config\'s '
                             f'{old!r}.')
                     break
-            if isinstance(self.cfg.get(parent), dict):
-                self.check_node(parent, self.cfg.get(parent), [leaf])
+            self.check_node(parent, _node(self.cfg, parent), [leaf])
 
     def check_data(self, fields: Sequence[str]) -> None:
         """Each data set's directories and annotation file exist."""
