@@ -14,14 +14,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mmengine.config import Config
 from mmengine.registry import Registry, init_default_scope
-from mmengine.runner import (EpochBasedTrainLoop, IterBasedTrainLoop,
-                             TestLoop, ValLoop)
+from mmengine.runner import (EpochBasedTrainLoop, IterBasedTrainLoop, TestLoop,
+                             ValLoop)
 from torch.utils.data import DataLoader
 
 import mmpretrain.registry
 from ..datasets import DataNotFoundError
 from .config import ConfigError
-
 
 # Keys that mmengine's builders take out before calling the class.
 _BUILDER_KEYS = {
@@ -31,7 +30,6 @@ _BUILDER_KEYS = {
     'paramwise_cfg'
 }
 _LOOPS = {'val_cfg': ValLoop, 'test_cfg': TestLoop}
-_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 def _consumers(path: str, node: dict) -> List[Callable]:
@@ -84,18 +82,13 @@ def _expected(annotation: Any) -> Optional[tuple]:
         if None in allowed:
             return None
         return sum(allowed, (type(None), ))
-    return {
-        bool: (bool, ),
-        int: (int, ),
-        float: (int, float),
-        str: (str, )
-    }.get(annotation)
+    return {bool: (bool, ), int: (int, ), float: (int, float)}.get(annotation)
 
 
 def _type_ok(value: Any, allowed: Sequence[type]) -> bool:
     # bool is an int to Python, but True is no epoch count.
-    return isinstance(value, tuple(allowed)) and (
-        bool in allowed or not isinstance(value, bool))
+    return isinstance(value, tuple(allowed)) and (bool in allowed or
+                                                  not isinstance(value, bool))
 
 
 def _node(cfg: Config, key: str) -> Any:
@@ -104,9 +97,8 @@ def _node(cfg: Config, key: str) -> Any:
     for part in key.split('.') if key else ():
         if isinstance(node, dict):
             node = node.get(part)
-        elif isinstance(node, (list, tuple)) and part.isdigit() and int(
-                part) < len(node):
-            node = node[int(part)]
+        elif isinstance(node, (list, tuple)) and part.isdigit():
+            node = node[int(part)] if int(part) < len(node) else None
         else:
             return None
     return node
@@ -138,7 +130,9 @@ class _Checker:
                 f'{problem}. Fix the config file.')
         raise ConfigError(f'{given}: {problem}.')
 
-    def check_node(self, path: str, node: Any,
+    def check_node(self,
+                   path: str,
+                   node: Any,
                    keys: Optional[Sequence[str]] = None) -> None:
         """Check ``keys`` (default: all) of ``node`` against the classes
         that receive it."""
@@ -163,8 +157,8 @@ class _Checker:
             if allowed and not _type_ok(node[key], allowed):
                 self.fail(
                     full, node[key], f'{key} must be of type ' +
-                    ' or '.join(t.__name__ for t in allowed
-                                if t is not type(None)))
+                    ' or '.join(t.__name__
+                                for t in allowed if t is not type(None)))
 
     def check_options(self, base: Config) -> None:
         """A new key that looks like an existing one is a typo; a value
@@ -175,8 +169,10 @@ class _Checker:
             if not isinstance(node, dict):
                 continue
             if leaf not in node:
-                close = difflib.get_close_matches(
-                    leaf, list(node), n=3, cutoff=0.8)
+                close = difflib.get_close_matches(leaf,
+                                                  list(node),
+                                                  n=3,
+                                                  cutoff=0.8)
                 if close:
                     raise ConfigError(
                         f'--cfg-options {key}={value}: the config has no '
@@ -197,7 +193,6 @@ class _Checker:
 
     def check_data(self, fields: Sequence[str]) -> None:
         """Each data set's directories and annotation file exist."""
-        from mmpretrain.registry import DATASETS
         for field in fields:
             loader = self.cfg.get(field)
             if not isinstance(loader, dict) or not isinstance(
@@ -207,7 +202,8 @@ class _Checker:
             dataset_cfg = loader['dataset']
             self.check_node(f'{field}.dataset', dataset_cfg)
             try:
-                dataset = DATASETS.build(dict(dataset_cfg, lazy_init=True))
+                dataset = mmpretrain.registry.DATASETS.build(
+                    dict(dataset_cfg, lazy_init=True))
             except (KeyError, TypeError, ValueError, AssertionError) as e:
                 self.fail(f'{field}.dataset', dataset_cfg.get('type'),
                           f'the data set does not build: {e}')
@@ -252,6 +248,7 @@ def check_config(cfg: Config, base: Config, options: Optional[dict],
         ConfigError: A key is misspelt or a value has the wrong type.
         DataNotFoundError: A data directory or file does not exist.
     """
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     checker = _Checker(cfg, options, config_file)
     checker.check_options(base)
     for loop in ('train_cfg', 'val_cfg', 'test_cfg'):
@@ -264,7 +261,6 @@ def check_config(cfg: Config, base: Config, options: Optional[dict],
 def _check_model(cfg: Config, base: Config, options: Optional[dict],
                  config_file: str) -> None:
     """Build the model once, blaming a failure on its source."""
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     try:
         mmpretrain.registry.MODELS.build(cfg.model)
         return
