@@ -23,7 +23,8 @@ from convmixer_mm.apis.converter import CheckpointError, convert_checkpoint
 from convmixer_mm.engine.checkpoint import model_shapes
 from convmixer_mm.models import ConvMixerMM
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
-from official_convmixer import official_convmixer, randomize
+from conftest import randomize
+from official_convmixer import official_convmixer
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CAT = osp.join(REPO, 'demo', 'chelsea.jpg')

@@ -26,7 +26,8 @@ from convmixer_mm.apis.converter import (CheckpointError,
                                          describe_conversion, from_mm_layout,
                                          to_mm_layout)
 from convmixer_mm.cli.launch import test as run_tools_test
-from official_convmixer import official_convmixer, randomize
+from conftest import randomize
+from official_convmixer import official_convmixer
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'convmixer')

@@ -12,12 +12,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from convmixer_mm.devtools.benchmark import randomize_bn
+from conftest import randomize, tiny_classifier
 from convmixer_mm.engine import CompileModelHook
 from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
                                  fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
-from mmpretrain.registry import MODELS
 
 TINY = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=5)
 FP32_TOL = 1e-5
@@ -27,19 +26,7 @@ BF16_TOL = 3e-2
 def build_classifier(arch: dict = TINY, act: str = 'GELU',
                      seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='ConvMixerMM', arch=arch, act_cfg=dict(type=act)),
-            head=dict(
-                type='ConvMixerClsHead',
-                num_classes=10,
-                in_channels=arch['embed_dims'])))
-    # Random BN statistics: with the defaults (mean 0, var 1) BN is
-    # nearly the identity and folding mistakes would go unnoticed.
-    randomize_bn(model, torch.Generator().manual_seed(seed))
-    return model.eval()
+    return randomize(tiny_classifier(arch, act_cfg=dict(type=act)), seed)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -69,7 +56,7 @@ def test_fuse_keeps_every_out_index_and_odd_kernels():
     arch = dict(embed_dims=8, depth=3, patch_size=2, kernel_size=3)
     torch.manual_seed(1)
     backbone = ConvMixerMM(arch=arch, out_indices=(0, 1, 2)).eval()
-    randomize_bn(backbone, torch.Generator().manual_seed(1))
+    randomize(backbone, 1)
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         refs = backbone(x)
