@@ -11,7 +11,6 @@ import difflib
 import gc
 import os
 import os.path as osp
-import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
 import mmengine
@@ -24,6 +23,7 @@ from mmpretrain.registry import MODELS
 from ..engine.config import (ConfigError, apply_tensorboard_switch,
                              build_runner, load_config)
 from ..utils import UserError
+from . import run
 
 
 class CfgOptionsAction(DictAction):
@@ -274,15 +274,12 @@ def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
-    try:
-        main(argv)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    status = run(main, argv, errors=(UserError, ))
     # Only after success: after a failure the other ranks may never reach
     # the barrier, and torchrun stops them anyway.
-    _shut_down_distributed()
-    return 0
+    if status == 0:
+        _shut_down_distributed()
+    return status
 
 
 def _shut_down_distributed() -> None:
