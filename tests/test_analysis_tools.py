@@ -20,6 +20,8 @@ from convmixer_mm.devtools.curves import epoch_curves, load_scalars
 from conftest import REPO, load_tool
 from convmixer_mm.models import ConvMixerMM
 
+pytestmark = pytest.mark.slow
+
 COMPARE = osp.join(REPO, 'configs', 'compare')
 FASHION = [
     osp.join(COMPARE, name) for name in (

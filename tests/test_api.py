@@ -97,6 +97,7 @@ def test_metafile():
         assert ModelHub.get(theirs).metadata.parameters == count
 
 
+@pytest.mark.slow
 def test_mmpretrain_get_model_and_inference(official):
     """mmpretrain's own API loads our names with a local file."""
     model, _, converted = official
@@ -120,6 +121,7 @@ def test_mmpretrain_get_model_and_inference(official):
         inferencer(CAT)[0]['pred_scores'], scores, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
     """``pretrained=True`` fetches the official release (here from
     torch.hub's cache, as offline users place it) and converts it."""
@@ -142,6 +144,7 @@ def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
         assert len(net._dataset_meta['classes']) == 1000
 
 
+@pytest.mark.slow
 def test_any_layout_loads_directly(official):
     """Our load_model converts an unconverted release file in memory."""
     model, release, _ = official

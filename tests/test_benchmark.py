@@ -27,6 +27,7 @@ model = dict(
 """
 
 
+@pytest.mark.slow
 def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     config = tmp_path / 'tiny.py'
     config.write_text(TINY_CONFIG)

@@ -48,6 +48,7 @@ def test_configs_are_self_contained():
             assert "'mmpretrain::" not in f.read(), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,timm_name,paper_m,kernel,patch,act,epochs',
                          IMAGENET)
 def test_imagenet_model_matches_timm(stem, timm_name, paper_m, kernel, patch,
@@ -141,6 +142,7 @@ def _fake_imagenet(root: str, n: int = 4) -> None:
         f.write('\n'.join(lines) + '\n')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,timm_name,paper_m,kernel,patch,act,epochs',
                          IMAGENET)
 def test_imagenet_one_training_iteration(tmp_path, stem, timm_name, paper_m,

@@ -83,6 +83,7 @@ def test_prints_topk(checkpoint, capsys):
         assert name == FASHIONMNIST_CATEGORITES[label]
 
 
+@pytest.mark.slow
 def test_runs_as_a_command(checkpoint):
     """As tools/main.sh calls it."""
     done = subprocess.run([

@@ -139,6 +139,7 @@ def test_fused_model_is_inference_only():
 
 
 
+@pytest.mark.slow
 def test_compile_hook_compiles_in_place_and_keeps_keys():
     model = build_classifier()
     keys = list(model.state_dict())

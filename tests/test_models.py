@@ -35,6 +35,7 @@ def test_docstring_examples():
         assert result.attempted > 0 and result.failed == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', list(PARAMS))
 def test_imagenet_param_counts_and_shapes(arch):
     model = tiny_classifier(arch, num_classes=1000)
@@ -85,6 +86,7 @@ def test_out_indices_and_shapes(size):
     assert not torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', list(TIMM_NAMES))
 def test_logits_match_timm_imagenet(arch):
     ref = timm.create_model(TIMM_NAMES[arch], pretrained=False).eval()
@@ -118,6 +120,7 @@ def test_logits_match_timm_tiny_even_and_odd_kernels(kernel_size):
     assert torch.allclose(ours(x), ref(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_both_convmixers_live_in_one_process():
     from mmpretrain.models.backbones import ConvMixer as BuiltinConvMixer
     ours = MODELS.build(dict(type='ConvMixerMM', arch='1024/20'))

@@ -18,6 +18,7 @@ from convmixer_mm.apis.onnx_export import (  # noqa: E402
     ExportError, build_classifier, export_onnx, opset_of)
 from convmixer_mm.engine import CheckpointError, ConfigError  # noqa: E402
 
+pytestmark = pytest.mark.slow
 
 
 def tiny_classifier(kernel_size: int) -> dict:

@@ -30,9 +30,12 @@ SUBSET = [
 # Measured here: 76.8% top-1 (78.1% with batch 64); chance is 10%.
 MIN_ACCURACY = 70.0
 
-pytestmark = pytest.mark.skipif(
-    not osp.isdir('/usr/share/datasets/fashion-mnist'),
-    reason='needs dataset-fashion-mnist (bash tools/install.sh)')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not osp.isdir('/usr/share/datasets/fashion-mnist'),
+        reason='needs dataset-fashion-mnist (bash tools/install.sh)')
+]
 
 
 def run_tool(*args: str, **kwargs) -> subprocess.CompletedProcess:
