@@ -145,9 +145,12 @@ def test_tool_main_candidate_follows_flags():
     def main_candidates(*argv):
         return tool.main_candidates(tool.parse_args(['1024/20', *argv]))
 
-    assert main_candidates() == ['ours+cl+fuse']
-    assert main_candidates('--channels-last', 'off', '--fuse', 'off',
+    # By default the model as the configs build it (fused by fuse_eval).
+    assert main_candidates() == ['ours+cl']
+    assert main_candidates('--channels-last', 'off',
                            '--compile', 'on') == ['ours+compile']
     # Fused models cannot train: training times the unfused model.
-    assert main_candidates('--mode', 'train', '--with-cp') == ['ours+cl+cp']
-    assert main_candidates('--mode', 'both') == ['ours+cl+fuse', 'ours+cl']
+    assert main_candidates('--mode', 'train', '--with-cp', '--fuse',
+                           'on') == ['ours+cl+cp']
+    assert main_candidates('--mode', 'both', '--fuse',
+                           'on') == ['ours+cl+fuse', 'ours+cl']
