@@ -158,7 +158,7 @@ def test_bad_output_and_opset(tmp_path):
         export_onnx(model, str(tmp_path / 'dir.onnx'), (28, 28))
     existing = tmp_path / 'old.onnx'
     existing.write_bytes(b'keep me')
-    with pytest.raises(FileExistsError, match='--overwrite'):
+    with pytest.raises(FileExistsError, match='pass --force'):
         export_onnx(model, str(existing), (28, 28))
     assert existing.read_bytes() == b'keep me'
     with pytest.raises(ValueError, match=r'input_shape=\(1, 28, 28, 1\)'):
@@ -175,6 +175,6 @@ def test_failed_check_leaves_nothing_behind(tmp_path):
             build(4),
             str(existing), (28, 28),
             atol=1e-12,
-            overwrite=True)
+            force=True)
     assert os.listdir(tmp_path) == ['model.onnx']
     assert existing.read_bytes() == b'previous export'

@@ -210,7 +210,7 @@ def test_bad_checkpoints(trained, tmp_path, capsys):
         CONFIG,
         str(truncated), '--work-dir',
         str(tmp_path / 'w1'), '--out',
-        str(out)
+        str(out), '--force'
     ]) == 1
     assert 'is corrupt or truncated' in _error_line(capsys)
     assert out.read_bytes() == b'earlier results'

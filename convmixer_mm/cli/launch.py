@@ -22,7 +22,8 @@ from mmengine.registry import init_default_scope
 from mmpretrain.registry import MODELS
 from ..engine.config import (ConfigError, apply_tensorboard_switch,
                              build_runner, load_config)
-from ..utils import UserError
+from ..engine.work_dir import work_dir_lock
+from ..utils import UserError, refuse_overwrite
 from . import run
 
 
@@ -103,6 +104,8 @@ def test_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--work-dir', help='the dir to save the evaluation metrics and logs')
     parser.add_argument('--out', help='file (.pkl/.json) to dump results')
+    parser.add_argument(
+        '--force', action='store_true', help='overwrite OUT if it exists')
     parser.add_argument(
         '--out-item',
         choices=['metrics', 'pred'],
@@ -304,13 +307,16 @@ def _train(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
-    build_runner(cfg).train()
+    with work_dir_lock(cfg.work_dir):
+        build_runner(cfg).train()
 
 
 def _test(argv: Optional[List[str]]) -> None:
     args = test_parser().parse_args(argv)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
+    if args.out is not None:
+        refuse_overwrite(args.out, args.force)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
     _check_model_builds(cfg, args.cfg_options)
