@@ -37,3 +37,15 @@ def atomic_save_bytes(path: str, write: Callable[[str], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output file exists, and overwriting it was not asked for."""
+
+
+def refuse_overwrite(path: str, force: bool) -> None:
+    """Raise :class:`OutputExistsError` if ``path`` exists and not
+    ``force``: every tool that writes a named output file calls this."""
+    if osp.exists(path) and not force:
+        raise OutputExistsError(
+            f'{path!r} already exists: pass --force to overwrite it.')

@@ -32,7 +32,8 @@ from convmixer_mm.engine.checkpoint import model_shapes
 from convmixer_mm.models import ConvMixerMM
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.registry import TRANSFORMS
-from official_convmixer import official_convmixer, randomize
+from conftest import randomize
+from official_convmixer import official_convmixer
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CAT = osp.join(REPO, 'demo', 'chelsea.jpg')
@@ -105,6 +106,7 @@ def test_metafile():
         assert ModelHub.get(theirs).metadata.parameters == count
 
 
+@pytest.mark.slow
 def test_mmpretrain_get_model_and_inference(official):
     """mmpretrain's own API loads our names with a local file."""
     model, _, converted = official
@@ -128,6 +130,7 @@ def test_mmpretrain_get_model_and_inference(official):
         inferencer(CAT)[0]['pred_scores'], scores, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
     """``pretrained=True`` fetches the official release (here from
     torch.hub's cache, as offline users place it) and converts it."""
@@ -150,6 +153,7 @@ def test_official_url_is_converted_on_load(official, tmp_path, monkeypatch):
         assert len(net._dataset_meta['classes']) == 1000
 
 
+@pytest.mark.slow
 def test_any_layout_loads_directly(official):
     """Our load_model converts an unconverted release file in memory."""
     model, release, _ = official
@@ -330,6 +334,7 @@ def test_every_test_pipeline_brings_any_image_to_the_model(config):
     np.testing.assert_array_equal(inputs['inputs'].permute(1, 2, 0), img)
 
 
+@pytest.mark.slow
 def test_large_images_are_decoded_with_bounded_memory(tmp_path):
     """An 8000x8000 JPEG decodes at 1/4 scale: the peak memory of the
     classifying process grows by far less than one full decode (192 MB)."""

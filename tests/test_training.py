@@ -30,9 +30,12 @@ SUBSET = [
 # Measured here: 76.8% top-1 (78.1% with batch 64); chance is 10%.
 MIN_ACCURACY = 70.0
 
-pytestmark = pytest.mark.skipif(
-    not osp.isdir('/usr/share/datasets/fashion-mnist'),
-    reason='needs dataset-fashion-mnist (bash tools/install.sh)')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not osp.isdir('/usr/share/datasets/fashion-mnist'),
+        reason='needs dataset-fashion-mnist (bash tools/install.sh)')
+]
 
 
 def run_tool(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -331,7 +334,7 @@ def test_bad_checkpoints(trained, tmp_path, capsys):
         CONFIG,
         str(truncated), '--work-dir',
         str(tmp_path / 'w1'), '--out',
-        str(out)
+        str(out), '--force'
     ]) == 1
     assert 'is corrupt or truncated' in _error_line(capsys)
     assert out.read_bytes() == b'earlier results'

@@ -25,7 +25,7 @@ from ..engine.checkpoint import (LAYOUTS, CheckpointError, StateDict,
                                  from_mm_layout, load_checkpoint_file,
                                  mismatches, model_shapes, to_mm_layout)
 from ..models import ConvMixerMM
-from ..utils import atomic_save_bytes
+from ..utils import atomic_save_bytes, refuse_overwrite
 from ..version import __version__
 
 # The released 768/32 weights were trained with ReLU, all others with GELU.
@@ -244,10 +244,7 @@ def save_atomic(obj: Any, dst: str, force: bool = False) -> None:
     """
     if osp.isdir(dst):
         raise IsADirectoryError(f'{dst} is a directory: give a file name.')
-    if osp.exists(dst) and not force:
-        raise FileExistsError(
-            f'{dst} already exists: pass --force (force=True) to overwrite '
-            'it.')
+    refuse_overwrite(dst, force)
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     atomic_save_bytes(dst, lambda tmp: torch.save(obj, tmp))
 
@@ -278,10 +275,7 @@ def convert_checkpoint(src: str,
     if to not in LAYOUTS:
         raise ValueError(f'Unknown target layout {to!r}: choose one of '
                          f'{list(LAYOUTS)}.')
-    if osp.exists(dst) and not force:
-        raise FileExistsError(
-            f'{dst} already exists: pass --force (force=True) to overwrite '
-            'it.')
+    refuse_overwrite(dst, force)
     checkpoint = load_checkpoint_file(src)
     state, meta = convert_state_dict(checkpoint, arch, act, config, use_ema)
     meta['source_file'] = osp.basename(src)

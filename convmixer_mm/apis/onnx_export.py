@@ -14,7 +14,7 @@ from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS
 from ..engine.checkpoint import load_checkpoint_file, load_weights
 from ..engine.config import load_config
-from ..utils import UserError, atomic_save_bytes
+from ..utils import UserError, atomic_save_bytes, refuse_overwrite
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
@@ -80,7 +80,7 @@ def _input_channels(model: nn.Module) -> int:
                      'from: pass them in input_shape.')
 
 
-def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
+def check_export_args(out_file: str, opset: int, force: bool) -> str:
     """Validate the output path and opset before any work is done.
 
     Returns:
@@ -89,7 +89,7 @@ def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
     Raises:
         ValueError: ``opset`` is out of range or ``out_file`` is not .onnx.
         OSError: ``out_file`` is a directory, exists (without
-            ``overwrite``), or its directory is missing or not writable.
+            ``force``), or its directory is missing or not writable.
     """
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(
@@ -102,10 +102,7 @@ def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
     if osp.isdir(out_file):
         raise IsADirectoryError(
             f'Output {out_file!r} is a directory: name an .onnx file.')
-    if osp.exists(out_file) and not overwrite:
-        raise FileExistsError(
-            f'Output {out_file!r} exists: remove it or pass overwrite=True '
-            '(--overwrite) to replace it.')
+    refuse_overwrite(out_file, force)
     out_dir = osp.dirname(out_file)
     if not osp.isdir(out_dir):
         raise FileNotFoundError(
@@ -216,7 +213,7 @@ def export_onnx(model: nn.Module,
                 opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False,
                 atol: float = 1e-4,
-                overwrite: bool = False) -> Dict[int, float]:
+                force: bool = False) -> Dict[int, float]:
     """Export a classifier's logits to ONNX, checked with onnxruntime.
 
     The graph takes an already normalized ``(B, C, H, W)`` float batch
@@ -236,7 +233,7 @@ def export_onnx(model: nn.Module,
             Defaults to False.
         atol (float): Largest allowed absolute difference of the logits.
             Defaults to 1e-4.
-        overwrite (bool): Replace an existing ``out_file``. Defaults to
+        force (bool): Replace an existing ``out_file``. Defaults to
             False.
 
     Returns:
@@ -257,7 +254,7 @@ def export_onnx(model: nn.Module,
         >>> print(sorted(diffs), max(diffs.values()) < 1e-4)
         [1, 3] True
     """
-    out_file = check_export_args(out_file, opset, overwrite)
+    out_file = check_export_args(out_file, opset, force)
     if not getattr(model, 'with_head', False):
         raise ValueError('Only classifiers with a head can be exported: the '
                          'config needs model.head.')

@@ -23,7 +23,9 @@ from mmengine.evaluator import DumpResults
 from ..engine.config import (ConfigError, apply_tensorboard_switch,
                              build_runner, load_config)
 from ..engine.validate import check_config
-from ..utils import UserError
+from ..engine.work_dir import work_dir_lock
+from ..utils import UserError, refuse_overwrite
+from . import run
 
 
 class CfgOptionsAction(DictAction):
@@ -103,6 +105,8 @@ def test_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--work-dir', help='the dir to save the evaluation metrics and logs')
     parser.add_argument('--out', help='file (.pkl/.json) to dump results')
+    parser.add_argument(
+        '--force', action='store_true', help='overwrite OUT if it exists')
     parser.add_argument(
         '--out-item',
         choices=['metrics', 'pred'],
@@ -268,15 +272,12 @@ def _check(cfg: Config, args: argparse.Namespace,
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
-    try:
-        main(argv)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    status = run(main, argv, errors=(UserError, ))
     # Only after success: after a failure the other ranks may never reach
     # the barrier, and torchrun stops them anyway.
-    _shut_down_distributed()
-    return 0
+    if status == 0:
+        _shut_down_distributed()
+    return status
 
 
 def _shut_down_distributed() -> None:
@@ -317,7 +318,8 @@ def _train(argv: Optional[List[str]]) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
     _check(cfg, args, ('train_dataloader', 'val_dataloader'))
-    build_runner(cfg).train()
+    with work_dir_lock(cfg.work_dir):
+        build_runner(cfg).train()
 
 
 def _test(argv: Optional[List[str]]) -> None:
@@ -325,6 +327,8 @@ def _test(argv: Optional[List[str]]) -> None:
     _exit_with_launcher(args.launcher)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
+    if args.out is not None:
+        refuse_overwrite(args.out, args.force)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
     _check(cfg, args, ('test_dataloader', ))

@@ -12,6 +12,7 @@ as a pickle whose ``__reduce__`` runs code, is still refused.
 import argparse
 import contextlib
 import copyreg
+import hashlib
 import os
 import os.path as osp
 import pickle
@@ -272,6 +273,7 @@ def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
             f'checkpoint {filename!r} holds a {type(checkpoint).__name__}, '
             'not a dict of weights: pass a checkpoint saved by training or '
             'by the converter.')
+    verify_sha256(checkpoint, filename)
     return checkpoint
 
 
@@ -495,15 +497,16 @@ def check_fits(model: nn.Module,
     }
     if not problems and set(shapes) & set(state):
         return state
-    kinds: Dict[str, List[str]] = {}
+    kinds: Dict[str, List[str]] = {
+        'shape mismatches': [], 'missing keys': [], 'unexpected keys': []
+    }
     for key, why in problems.items():
         kind = ('shape mismatches' if why.startswith('checkpoint') else
                 'missing keys' if why.startswith('missing') else
                 'unexpected keys')
-        kinds.setdefault(kind, []).append(f'{key}: {why}')
+        kinds[kind].append(f'{key}: {why}')
     summary = '; '.join(f'{len(items)} {kind} (e.g. {items[0]})'
-                        for kind, items in sorted(kinds.items(),
-                                                  reverse=True))
+                        for kind, items in kinds.items() if items)
     raise CheckpointError(
         f'checkpoint {filename!r} does not fit the model of this config: '
         f'{summary or "no key in common"}. It was trained for another '
@@ -539,3 +542,41 @@ def load_weights(model: nn.Module,
     # mmengine's loader skips (and logs) the tolerated head mismatches.
     load_state_dict(model, state, strict=strict)
     return checkpoint
+
+
+def tensors_sha256(checkpoint: dict) -> str:
+    """The sha256 of every tensor of a checkpoint outside its ``meta``.
+
+    Each tensor's path, dtype and shape are hashed with its bytes, so a
+    flipped byte, a swapped or a reshaped tensor all change the digest.
+    """
+    digest = hashlib.sha256()
+
+    def visit(path: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f'{path}:{value.dtype}:{list(value.shape)}'.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(
+                torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(f'{path}.{key}', item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f'{path}.{index}', item)
+
+    for key, value in checkpoint.items():
+        if key != 'meta':
+            visit(key, value)
+    return digest.hexdigest()
+
+
+def verify_sha256(checkpoint: dict, filename: str) -> None:
+    """Raise if the checkpoint's tensors differ from the digest saved in its
+    ``meta`` (``tensors_sha256``); a checkpoint without one passes."""
+    meta = checkpoint.get('meta')
+    expected = meta.get('tensors_sha256') if isinstance(meta, dict) else None
+    if expected is not None and tensors_sha256(checkpoint) != expected:
+        raise CheckpointError(
+            f'checkpoint {filename!r} is corrupt: its tensors do not match '
+            'the sha256 saved with them (bit rot, or an incomplete copy): '
+            'use an earlier checkpoint of the work dir or copy it again.')

@@ -1,5 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """An mmengine ``Runner`` with safe, atomic checkpoints and CPU DDP."""
+import errno
 import os
 import os.path as osp
 import re
@@ -14,7 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import BaseLoop, Runner, find_latest_checkpoint
 
 from ..utils import atomic_save_bytes
-from .checkpoint import (load_checkpoint_file, load_weights,
+from .checkpoint import (CheckpointError, load_checkpoint_file, load_weights,
                          weights_only_pickling)
 from .optim_wrapper import has_accelerator
 
@@ -45,7 +46,7 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
 # `runner_type` through the root registry, which does not switch scope.
 @RUNNERS.register_module()
 class ConvMixerRunner(Runner):
-    """mmengine's ``Runner`` with three changes; select it in a config with
+    """mmengine's ``Runner`` with these changes; select it in a config with
     ``runner_type = 'ConvMixerRunner'``.
 
     - Checkpoints hold only allowlisted types (see
@@ -60,16 +61,24 @@ class ConvMixerRunner(Runner):
       ``load_from`` for fine-tuning tolerates a different ``head``.
     - Without an accelerator, ``launcher='pytorch'`` runs DDP on CPU with
       the gloo backend.
+    - A resumed run is seeded with the checkpoint's seed from the start, so
+      its sampler and dataloader workers are seeded as before; a full disk
+      while saving raises :class:`CheckpointError`, keeping the previous
+      checkpoints.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         # Read the checkpoint to load (or resume) before anything is
         # written, so that a bad one is reported first; it is read once.
         source = kwargs.get('load_from')
-        if kwargs.get('resume') and not source:
+        if kwargs.get('resume') and not source and kwargs.get('work_dir'):
             source = latest_checkpoint(kwargs['work_dir'])
         self._preloaded = (source, load_checkpoint_file(source)) \
             if source else (None, None)
+        if kwargs.get('resume') and source:
+            kwargs['randomness'] = dict(
+                kwargs.get('randomness') or {},
+                seed=self._preloaded[1].get('meta', {}).get('seed'))
         super().__init__(*args, **kwargs)
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -121,7 +130,15 @@ class ConvMixerRunner(Runner):
                 super(ConvMixerRunner, self).save_checkpoint(
                     osp.dirname(tmp), osp.basename(tmp), **kwargs)
 
-            atomic_save_bytes(osp.join(out_dir, filename), write)
+            try:
+                atomic_save_bytes(osp.join(out_dir, filename), write)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                raise CheckpointError(
+                    f'no space left to save {filename} in the work dir '
+                    f'{out_dir!r}: free space (the previous checkpoints are '
+                    'kept) and continue with --resume.') from None
 
     def load_or_resume(self) -> None:
         """Load or resume; ``--resume auto`` survives a torn pointer file."""
