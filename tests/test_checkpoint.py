@@ -20,6 +20,8 @@ from convmixer_mm.engine.checkpoint import SAFE_GLOBALS
 from convmixer_mm.utils import atomic_save_bytes
 from mmpretrain.registry import MODELS
 
+pytestmark = pytest.mark.slow
+
 CONFIG = osp.join(
     osp.dirname(__file__), '..', 'configs', 'convmixer',
     'convmixer-128-4-p4_1xb128_fashion-mnist.py')

@@ -48,6 +48,7 @@ def test_configs_are_self_contained():
             assert "'mmpretrain::" not in f.read(), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,timm_name,paper_m,kernel,patch,act,epochs',
                          IMAGENET)
 def test_imagenet_model_matches_timm(stem, timm_name, paper_m, kernel, patch,
@@ -112,7 +113,6 @@ def test_imagenet_recipe(stem, timm_name, paper_m, kernel, patch, act,
     test = {t['type']: t for t in cfg.test_pipeline}
     assert (test['ResizeEdge'].scale, test['ResizeEdge'].interpolation,
             test['CenterCrop'].crop_size) == (233, 'bicubic', 224)
-    assert int(224 / 0.96) == 233
 
     model = cfg.model
     assert model.data_preprocessor.type == 'ConvMixerDataPreprocessor'
@@ -142,6 +142,7 @@ def _fake_imagenet(root: str, n: int = 4) -> None:
         f.write('\n'.join(lines) + '\n')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,timm_name,paper_m,kernel,patch,act,epochs',
                          IMAGENET)
 def test_imagenet_one_training_iteration(tmp_path, stem, timm_name, paper_m,

@@ -26,7 +26,8 @@ from convmixer_mm.apis.converter import (CheckpointError,
                                          describe_conversion, from_mm_layout,
                                          to_mm_layout)
 from convmixer_mm.cli.launch import test as run_tools_test
-from official_convmixer import official_convmixer, randomize
+from conftest import randomize
+from official_convmixer import official_convmixer
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'convmixer')
@@ -61,6 +62,7 @@ def max_diff(reference, ours, x):
     return (logits_of(reference, x) - logits_of(ours, x)).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', list(VARIANTS))
 def test_imagenet_parity(arch, tmp_path):
     """timm, mmpretrain and official references with random weights,
@@ -378,6 +380,7 @@ def _fashion_test_images(count):
         count, 1, 28, 28).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_tools_test_evaluates_converted_checkpoint(tmp_path):
     """tools/test.py on a converted timm checkpoint predicts exactly what
     the timm model predicts (on 64 real Fashion-MNIST test images)."""

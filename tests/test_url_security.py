@@ -138,6 +138,7 @@ def _run(served, *args):
                           cwd=str(served.root))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('command', ['test', 'train_load_from', 'demo'])
 def test_command_lines_refuse_with_one_error_line(command, served):
     work = str(served.root / 'work')

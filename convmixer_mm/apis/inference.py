@@ -11,18 +11,20 @@ than the config's are refused instead of silently giving wrong
 predictions.
 """
 import os.path as osp
+import warnings
 from os import PathLike
 from typing import Any, List, Optional, Tuple, Union
 
 import cv2
-import mmcv
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.model import BaseModel
+from PIL import Image
 
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
+from ..datasets.transforms import to_channels
 from ..engine.checkpoint import (CheckpointError, format_mismatches,
                                  is_remote, load_checkpoint_file, load_weights,
                                  mismatches)
@@ -136,36 +138,77 @@ def _check_activation(net: BaseModel, needed: str, source: str) -> None:
             f"backbone=dict(act_cfg=dict(type={needed!r})) to load_model).")
 
 
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while
+# their short side stays at least DECODE_MIN_SIDE, far above any config's
+# input size, so a huge photo costs little memory and time.
+DECODE_MIN_SIDE = 1024
+# What would still decode to more pixels is refused (50 megapixels take
+# 200 MB as BGRA).
+MAX_PIXELS = 50_000_000
+
+
 def load_image(img: Union[str, PathLike, np.ndarray],
                channels: int = 3) -> np.ndarray:
-    """Read an image file as the model expects it.
+    """Read an image as the model takes it, with bounded memory.
+
+    Large JPEGs are decoded downscaled (see ``DECODE_MIN_SIDE``), other
+    images over ``MAX_PIXELS`` are refused, alpha is composited on white
+    and the channels are converted (:func:`to_channels`).
 
     Args:
         img (str | PathLike | np.ndarray): An image file (JPEG, PNG, ...)
-            or an already loaded array, which is returned as is.
-        channels (int): 3 reads BGR colour (the ImageNet configs convert
-            to RGB), 1 reads grayscale. Defaults to 3.
+            or a loaded gray, BGR or BGRA array.
+        channels (int): 3 for BGR colour (the ImageNet configs convert to
+            RGB), 1 for grayscale. Defaults to 3.
 
     Returns:
         np.ndarray: ``(H, W, 3)`` or ``(H, W)`` uint8.
     """
     if isinstance(img, np.ndarray):
-        return img
+        return to_channels(img, channels)
     path = str(img)
     if not osp.isfile(path):
         raise FileNotFoundError(f'Image {path} does not exist.')
-    with open(path, 'rb') as f:
-        data = f.read()
-    flag = 'grayscale' if channels == 1 else 'color'
+    not_an_image = ValueError(
+        f'{path} is not an image that can be decoded: pass a JPEG, PNG or '
+        'BMP file.')
     try:
-        image = mmcv.imfrombytes(data, flag=flag) if data else None
+        with warnings.catch_warnings(), Image.open(path) as header:
+            # Only the header is read; the size check below is ours.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            (width, height), kind = header.size, header.format
+            alpha = 'A' in header.getbands() or \
+                'transparency' in header.info
+    except Image.DecompressionBombError:
+        width, height, kind, alpha = 1 << 16, 1 << 16, None, False
+    except (OSError, ValueError):
+        raise not_an_image from None
+    scale = 1
+    while kind == 'JPEG' and scale < 8 and \
+            min(width, height) >= 2 * scale * DECODE_MIN_SIDE:
+        scale *= 2
+    if width * height > MAX_PIXELS * scale**2:
+        raise ValueError(
+            f'{path} is {width}x{height} pixels: images are decoded to at '
+            f'most {MAX_PIXELS // 10**6} megapixels (JPEGs at down to 1/8 '
+            'scale) to bound memory. Downscale it first.')
+    flag = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8
+    }[scale]
+    with open(path, 'rb') as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED if alpha else flag)
     except cv2.error:
         image = None
     if image is None:
-        raise ValueError(
-            f'{path} is not an image: OpenCV cannot decode it. Pass a JPEG, '
-            'PNG or BMP file.')
-    return image
+        raise not_an_image
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    return to_channels(image, channels)
 
 
 def _in_channels(net: BaseModel) -> int:

@@ -497,15 +497,16 @@ def check_fits(model: nn.Module,
     }
     if not problems and set(shapes) & set(state):
         return state
-    kinds: Dict[str, List[str]] = {}
+    kinds: Dict[str, List[str]] = {
+        'shape mismatches': [], 'missing keys': [], 'unexpected keys': []
+    }
     for key, why in problems.items():
         kind = ('shape mismatches' if why.startswith('checkpoint') else
                 'missing keys' if why.startswith('missing') else
                 'unexpected keys')
-        kinds.setdefault(kind, []).append(f'{key}: {why}')
+        kinds[kind].append(f'{key}: {why}')
     summary = '; '.join(f'{len(items)} {kind} (e.g. {items[0]})'
-                        for kind, items in sorted(kinds.items(),
-                                                  reverse=True))
+                        for kind, items in kinds.items() if items)
     raise CheckpointError(
         f'checkpoint {filename!r} does not fit the model of this config: '
         f'{summary or "no key in common"}. It was trained for another '

@@ -71,7 +71,7 @@ class ConvMixerRunner(Runner):
         # Read the checkpoint to load (or resume) before anything is
         # written, so that a bad one is reported first; it is read once.
         source = kwargs.get('load_from')
-        if kwargs.get('resume') and not source:
+        if kwargs.get('resume') and not source and kwargs.get('work_dir'):
             source = latest_checkpoint(kwargs['work_dir'])
         self._preloaded = (source, load_checkpoint_file(source)) \
             if source else (None, None)

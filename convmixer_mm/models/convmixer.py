@@ -2,6 +2,7 @@
 """The ConvMixer backbone, trainable and checkpoint-compatible."""
 import contextlib
 import itertools
+import warnings
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
@@ -148,6 +149,7 @@ class ConvMixerMM(BaseBackbone):
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
         self.fuse_eval = fuse_eval
+        self._warned = set()
 
         dims = self.embed_dims
         self.stem = nn.Sequential(
@@ -250,6 +252,29 @@ class ConvMixerMM(BaseBackbone):
             context_fn=lambda: (contextlib.nullcontext(),
                                 _keep_bn_stats(stage)))
 
+    def _check_size(self, size: Sequence[int]) -> None:
+        """Refuse an input smaller than a patch. Taps of a kernel wider
+        than ``2 * grid - 1`` read only zero padding: legal but slow (a
+        warning, once per grid); one that reaches more than twice across
+        the grid (``kernel_size // 2 > 2 * grid``) is plainly a mistake."""
+        if min(size) < self.patch_size:
+            raise ValueError(
+                f'patch_size={self.patch_size} is larger than the input '
+                f'image {tuple(size)}: use a smaller patch_size or resize '
+                'the images in the pipeline.')
+        grid = min(s // self.patch_size for s in size)
+        useful = 2 * grid - 1
+        if self.kernel_size <= useful or grid in self._warned:
+            return
+        message = (f'kernel_size={self.kernel_size} on the {grid}x{grid} '
+                   f'token grid of a {tuple(size)} input: taps beyond '
+                   f'{useful}x{useful} read only zero padding and slow the '
+                   f'model down. Use kernel_size <= {useful}.')
+        if self.kernel_size // 2 > 2 * grid:
+            raise ValueError(message)
+        self._warned.add(grid)
+        warnings.warn(message)
+
     def _layers(self) -> Tuple[nn.Module, Sequence[nn.Module]]:
         """The stem and blocks that this forward runs: fused copies when
         ``fuse_eval`` applies, else the modules themselves.
@@ -291,6 +316,7 @@ class ConvMixerMM(BaseBackbone):
                 f'ConvMixerMM expects input of shape (B, {self.in_channels}, '
                 f'H, W), got {tuple(x.shape)}: set in_channels in the '
                 'backbone config to match the images (e.g. 1 for grayscale).')
+        self._check_size(x.shape[-2:])
         stem, stages = self._layers()
         x = stem(x)
         outs = []

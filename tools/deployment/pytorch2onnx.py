@@ -11,11 +11,10 @@ import sys
 from typing import Optional, Sequence
 
 from convmixer_mm.apis.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
-                                           MIN_OPSET, ExportError,
-                                           build_classifier,
+                                           MIN_OPSET, build_classifier,
                                            check_export_args, export_onnx,
                                            opset_of)
-from convmixer_mm.engine import CheckpointError
+from convmixer_mm.cli import run
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -72,7 +71,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (OSError, ValueError, CheckpointError, ExportError) as e:
-        sys.exit(f'error: {e}')
+    sys.exit(run(main))
