@@ -352,17 +352,19 @@ def logged(work_dir: str) -> dict:
 def test_resume_after_kill_is_exact(tmp_path):
     """Three epochs with validation, random crops and flips, and a random
     seed; killed after the first epoch's checkpoint and resumed."""
+    config = tmp_path / 'random_seed.py'
+    config.write_text(f'_base_ = [{CONFIG!r}]\nrandomness = dict(seed=None)\n')
+
     def args(work_dir, *extra):
         return [
-            'tools/train.py', CONFIG, '--work-dir',
+            'tools/train.py',
+            str(config), '--work-dir',
             str(work_dir), *extra, '--cfg-options', *TINY,
             'val_dataloader.dataset.indices=64', 'train_cfg.max_epochs=3'
         ]
 
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen([
-        sys.executable, *args(killed), 'randomness.seed=None'
-    ],
+    proc = subprocess.Popen([sys.executable, *args(killed)],
                             cwd=ROOT,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -373,6 +375,7 @@ def test_resume_after_kill_is_exact(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'it ended before saving'
     assert complete_epochs(str(killed))[-1] < 3, 'killed too late'
     first = load_checkpoint_file(str(killed / 'epoch_1.pth'))
     seed = first['meta']['seed']
@@ -380,7 +383,7 @@ def test_resume_after_kill_is_exact(tmp_path):
     whole = tmp_path / 'whole'
     result = run(*args(whole), f'randomness.seed={seed}')
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run(*args(killed, '--resume'), 'randomness.seed=None')
+    result = run(*args(killed, '--resume'))
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'resumed epoch: ' in result.stdout + result.stderr
     expected, got = logged(str(whole)), logged(str(killed))
