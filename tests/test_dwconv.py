@@ -195,3 +195,12 @@ def test_torch_compile_keeps_the_op_in_one_graph():
     assert rel_err(out, ref) < 1e-4
     for p, g in zip(model.parameters(), grads):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_keeps_cudnn():
+    conv = DepthwiseConv2d(16, 9).cuda()
+    x = torch.randn(2, 16, 9, 9, device='cuda', requires_grad=True)
+    out = conv(x)
+    assert not ran_kernel(out)
+    assert torch.equal(out, reference(conv, x))
