@@ -60,13 +60,14 @@ def _speedup(mode: str, dims: int, depth: int, den: str,
 
 
 def _train_speedup(dims: int, depth: int, peer: str) -> Callable:
-    """Our fp32 training step over ``peer``'s faster layout."""
+    """Our fp32 training step over ``peer``'s faster layout, at 224 px."""
 
     def find(report: dict) -> Optional[Tuple[float, str]]:
         rows = _rows(report, 'train')
         num = _main(rows, 'fp32')
         dens = [d for d in (peer, peer + '+cl') if d in rows]
-        if not _arch_is(report, dims, depth) or num is None or not dens:
+        if not _arch_is(report, dims, depth) or num is None or not dens \
+                or report['settings']['img_size'] != 224:
             return None
         den = max(dens, key=lambda d: rows[d]['img_per_s'])
         a, b = rows[num]['img_per_s'], rows[den]['img_per_s']
@@ -268,7 +269,7 @@ def performance_section(reports: Sequence[dict],
         lines += [f'From `{path}`:', '', format_markdown(report)]
     lines += [
         ('Re-measure everything with '
-         '`bash tools/analysis_tools/benchmark_all.sh` (about 15 minutes), '
+         '`bash tools/analysis_tools/benchmark_all.sh` (tens of minutes), '
          'or only rewrite this section with `python '
          'tools/analysis_tools/benchmark.py --readme README.md ' +
          ' '.join(paths) + '`.'),
