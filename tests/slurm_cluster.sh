@@ -15,9 +15,13 @@ DIR=$(realpath -m "$2")
 
 if [ "$1" = stop ]; then
     for daemon in slurmd slurmctld munged; do
-        if [ -s "$DIR/$daemon.pid" ]; then
-            kill "$(cat "$DIR/$daemon.pid")" 2>/dev/null || true
-        fi
+        pid=$(cat "$DIR/$daemon.pid" 2>/dev/null) || continue
+        kill "$pid" 2>/dev/null || continue
+        # Gone before the next daemon, within 10 s.
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     done
     exit 0
 fi
