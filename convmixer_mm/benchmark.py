@@ -324,6 +324,7 @@ class Candidate:
 def count_macs(settings: BenchmarkSettings) -> int:
     """Multiply-accumulates of one image through the model."""
     model = build_ours(settings, with_cp=False).eval()
+    model.backbone.fuse_eval = False  # count the model's own convolutions
     x = torch.zeros(1, settings.in_channels, settings.img_size,
                     settings.img_size)
     counter = FlopCounterMode(display=False)
@@ -532,6 +533,7 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
     randomize_bn(reference, gen)
     state = reference.state_dict()
     reference = reference.eval().to(settings.device)
+    reference.backbone.fuse_eval = False  # the plain fp32 model
     macs = count_macs(settings)
     shape = (settings.batch_size, settings.in_channels, settings.img_size,
              settings.img_size)

@@ -16,6 +16,8 @@ from modelindex.load_model_index import load
 
 from mmpretrain.apis import ModelHub
 from ..converter import convert_state_dict, load_any_checkpoint
+from ..engine import CheckpointError
+from ..engine.checkpoint import download_checkpoint
 
 #: Where the official release lives (the README of locuslab/convmixer
 #: links the tmp-iclr mirror, which mmpretrain's metafile also uses).
@@ -108,14 +110,12 @@ def fetch_official_weights(url: str) -> str:
                 url,
                 reason=f'not cached ({OFFLINE_ENV} is set, so nothing is '
                 'downloaded)'))
-    os.makedirs(osp.dirname(path), exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, path)
-    except OSError as err:  # URLError included
+        return download_checkpoint(url)
+    except CheckpointError as err:
         raise WeightsNotFoundError(
             missing_weights_message(url,
                                     reason=f'unavailable ({err})')) from err
-    return path
 
 
 def load_from_official_release(filename: str, map_location=None) -> dict:
@@ -124,7 +124,12 @@ def load_from_official_release(filename: str, map_location=None) -> dict:
     Returns:
         dict: ``{'state_dict': ..., 'meta': ...}`` in our layout.
     """
-    checkpoint = load_any_checkpoint(fetch_official_weights(filename))
+    path = fetch_official_weights(filename)
+    try:
+        checkpoint = load_any_checkpoint(path)
+    except CheckpointError:
+        os.remove(path)  # never keep, nor trust later, a refused download
+        raise
     state, meta = convert_state_dict(checkpoint)
     meta['source_file'] = osp.basename(filename)
     return dict(state_dict=state, meta=meta)

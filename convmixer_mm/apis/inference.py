@@ -18,20 +18,16 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader
 
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
 from ..converter import (CheckpointError, convert_state_dict,
                          format_mismatches, load_any_checkpoint,
                          shape_mismatches)
+from ..engine.checkpoint import is_remote, load_checkpoint_file
 from .hub import WeightsNotFoundError, missing_weights_message
 
 ModelType = Union[str, PathLike, Config]
-
-
-def _is_url(path: str) -> bool:
-    return '://' in path
 
 
 def get_model(model: ModelType,
@@ -63,7 +59,7 @@ def get_model(model: ModelType,
     """
     if isinstance(pretrained, PathLike):
         pretrained = str(pretrained)
-    if isinstance(pretrained, str) and not _is_url(pretrained) \
+    if isinstance(pretrained, str) and not is_remote(pretrained) \
             and not osp.isfile(pretrained):
         url = None
         if isinstance(model, str) and ModelHub.has(model.lower()):
@@ -105,9 +101,8 @@ def load_weights(net: BaseModel, source: str) -> None:
             as built by :func:`get_model`.
         source (str): A local file or a URL.
     """
-    if _is_url(source):
-        checkpoint = CheckpointLoader.load_checkpoint(
-            source, map_location='cpu')
+    if is_remote(source):
+        checkpoint = load_checkpoint_file(source)
     else:
         checkpoint = load_any_checkpoint(source)
     state, meta = convert_state_dict(checkpoint)

@@ -16,13 +16,16 @@ import os.path as osp
 import pickle
 import re
 import zipfile
-from typing import Callable, Dict, Iterator, List, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
+from urllib.parse import urlparse
 
+import mmengine.runner.checkpoint as mm_checkpoint
 import numpy as np
 import torch
 import torch.nn as nn
+from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner import CheckpointLoader
 
 def _numpy_core(name: str):
     """A ``numpy._core.multiarray`` function (``numpy.core`` before 2.0)."""
@@ -91,13 +94,109 @@ def _first_line(error: BaseException) -> str:
         type(error).__name__
 
 
+def is_remote(filename: str) -> bool:
+    """A ``scheme://`` name that is not an existing local file."""
+    return bool(re.match(r'^[a-z][a-z0-9+.-]*://', filename, re.I)) and \
+        not osp.isfile(osp.expanduser(filename))
+
+
+def download_checkpoint(url: str, model_dir: Optional[str] = None,
+                        file_name: Optional[str] = None) -> str:
+    """Download ``url`` into torch.hub's checkpoint cache, once.
+
+    The download goes to a temporary sibling and is renamed in place when
+    complete, so concurrent ranks and killed downloads never leave a
+    truncated file under the final name.
+
+    Returns:
+        str: The cached file.
+    """
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    name = file_name or osp.basename(urlparse(url).path) or 'checkpoint.pth'
+    path = osp.join(model_dir, name)
+    if osp.isfile(path):
+        return path
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.part'
+    try:
+        torch.hub.download_url_to_file(url, tmp, progress=False)
+        os.replace(tmp, path)
+    except OSError as e:  # URLError and HTTPError included
+        raise CheckpointError(
+            f'checkpoint {url!r} could not be downloaded ({_first_line(e)}): '
+            'check the URL and the network, or download it yourself and '
+            'pass the local file.') from None
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_url(url: str,
+             model_dir: Optional[str] = None,
+             map_location: Union[str, Callable, None] = 'cpu',
+             file_name: Optional[str] = None,
+             **kwargs) -> dict:
+    """Download a checkpoint and read it with :func:`load_checkpoint_file`.
+
+    A download the safe reader refuses (unsafe or corrupt) is removed from
+    the cache, so it is neither kept nor trusted on the next call. Takes
+    the arguments of mmengine's ``load_url`` (``torch.hub``'s), which it
+    replaces (see :func:`route_remote_loads`).
+    """
+    path = download_checkpoint(url, model_dir, file_name)
+    try:
+        return load_checkpoint_file(path, map_location)
+    except CheckpointError as e:
+        os.remove(path)
+        raise CheckpointError(str(e).replace(repr(path), repr(url))) from None
+
+
+def _load_from_http(filename: str, map_location=None, **kwargs) -> dict:
+    """mmengine's http(s) scheme; each rank reads the shared cached file."""
+    rank, world_size = get_dist_info()
+    if rank == 0 or world_size == 1:
+        checkpoint = load_url(filename, map_location=map_location)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            checkpoint = load_url(filename, map_location=map_location)
+    return checkpoint
+
+
+def _load_from_local(filename: str, map_location=None) -> dict:
+    return _read_local(filename, map_location)
+
+
+def route_remote_loads() -> None:
+    """Send every checkpoint mmengine reads through the safe reader.
+
+    mmengine 0.10 reads http(s) checkpoints (and, through them,
+    ``open-mmlab://``, ``torchvision://`` and ``mmcls://`` names) with
+    ``torch.hub.load_state_dict_from_url``, which unpickles with
+    ``weights_only=False``: a checkpoint URL could run code. Those schemes
+    and local files are re-registered here, and the module-level
+    ``load_url`` that the indirect schemes call is replaced, so that
+    ``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')`` and
+    mmpretrain's ``get_model(pretrained=...)`` all use
+    :func:`load_checkpoint_file`.
+    """
+    mm_checkpoint.load_url = load_url
+    CheckpointLoader.register_scheme(
+        ['http://', 'https://'], _load_from_http, force=True)
+    CheckpointLoader.register_scheme('', _load_from_local, force=True)
+
+
 def load_checkpoint_file(filename: str,
                          map_location: Union[str, Callable] = 'cpu') -> dict:
     """Load a checkpoint with ``weights_only=True`` and clear errors.
 
     Args:
-        filename (str): A local path, or a URL / ``scheme://`` path that
-            mmengine's ``CheckpointLoader`` understands.
+        filename (str): A local path, or a ``scheme://`` name that one of
+            mmengine's ``CheckpointLoader`` schemes reads: ``http(s)://``
+            URLs are downloaded once into torch.hub's cache and read here
+            (see :func:`route_remote_loads`), the official release's URLs
+            are also converted (see ``convmixer_mm.apis.hub``).
         map_location (str | Callable): As in ``torch.load``.
             Defaults to 'cpu'.
 
@@ -108,19 +207,21 @@ def load_checkpoint_file(filename: str,
         CheckpointError: The file is missing, corrupt or truncated, or holds
             types outside the allowlist (and might run code if unpickled).
     """
-    local = '://' not in filename
-    if local and not osp.isfile(osp.expanduser(filename)):
+    if not is_remote(filename):
+        return _read_local(filename, map_location)
+    return CheckpointLoader.load_checkpoint(filename, map_location)
+
+
+def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
+    if not osp.isfile(osp.expanduser(filename)):
         raise CheckpointError(
             f'checkpoint {filename!r} does not exist: check the path (or '
             'the `last_checkpoint` file of the work dir for --resume auto).')
     try:
-        if local:
-            checkpoint = torch.load(
-                osp.expanduser(filename),
-                map_location=map_location,
-                weights_only=True)
-        else:
-            checkpoint = _load_checkpoint(filename, map_location=map_location)
+        checkpoint = torch.load(
+            osp.expanduser(filename),
+            map_location=map_location,
+            weights_only=True)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the Python object it refused
         # ("unsupported GLOBAL posix.system", "Can only build ..."); any

@@ -288,11 +288,12 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def _precheck_resume(cfg: Config) -> None:
-    """Fail before any file is written if the resume source is bad."""
-    if not cfg.get('resume'):
-        return
+    """Fail before any file is written if the checkpoint to resume from or
+    to load is bad (or unsafe: it is never unpickled past the check)."""
     # The same choice as ConvMixerRunner.load_or_resume makes.
-    path = cfg.get('load_from') or latest_checkpoint(cfg.work_dir)
+    path = cfg.get('load_from')
+    if cfg.get('resume') and not path:
+        path = latest_checkpoint(cfg.work_dir)
     if path:
         load_checkpoint_file(path)
 

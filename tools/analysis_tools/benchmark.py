@@ -50,8 +50,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         '--compile', choices=['on', 'off'], default='off',
         help='torch.compile our main candidate')
     parser.add_argument(
-        '--fuse', choices=['on', 'off'], default='on',
-        help='fuse_convmixer our main candidate (inference only)')
+        '--fuse', choices=['on', 'off'], default='off',
+        help='fuse_convmixer our main candidate (inference only; without it the model still runs fused in eval mode, see fuse_eval)')
     parser.add_argument(
         '--with-cp', action='store_true',
         help='gradient checkpointing in our main candidate')
