@@ -5,7 +5,6 @@
 # see tools/python.sh. Each step is named with its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/python.sh
 start=$SECONDS
 
 step() {  # step NAME COMMAND...
@@ -20,7 +19,13 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+if ! command -v python3 >/dev/null; then
+    step 'apt: python3 python3-venv' apt_install python3 python3-venv
+fi
+source tools/python.sh
+if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    echo '[install] apt: dataset-fashion-mnist: already installed'
+else
     step 'apt: dataset-fashion-mnist' apt_install dataset-fashion-mnist
 fi
 if [ "$PYTHON" = "$PWD/.venv/bin/python" ] && [ ! -x "$PYTHON" ]; then
