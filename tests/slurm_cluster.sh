@@ -27,6 +27,7 @@ if [ "$1" = stop ]; then
 fi
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 \
         install -y -qq --no-install-recommends \
         slurmctld slurmd slurm-client munge >/dev/null

@@ -23,10 +23,13 @@ if ! command -v python3 >/dev/null; then
     step 'apt: python3 python3-venv' apt_install python3 python3-venv
 fi
 source tools/python.sh
-if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
-    echo '[install] apt: dataset-fashion-mnist: already installed'
+# Fashion-MNIST, and the libraries of opencv-python (which mmengine needs)
+# that a minimal Debian lacks.
+PACKAGES='dataset-fashion-mnist libgl1 libglib2.0-0 libsm6 libxext6'
+if dpkg -s $PACKAGES >/dev/null 2>&1; then
+    echo "[install] apt: $PACKAGES: already installed"
 else
-    step 'apt: dataset-fashion-mnist' apt_install dataset-fashion-mnist
+    step "apt: $PACKAGES" apt_install $PACKAGES
 fi
 if [ "$PYTHON" = "$PWD/.venv/bin/python" ] && [ ! -x "$PYTHON" ]; then
     if ! python3 -c 'import ensurepip' 2>/dev/null; then
