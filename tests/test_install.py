@@ -53,6 +53,8 @@ def test_debian_python_gets_the_project_venv(tmp_path):
         osp.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')),
     reason='this interpreter is externally managed')
 def test_installable_python3_is_used_as_it_is(tmp_path):
-    # python3 first on PATH is this test's interpreter (pyenv, a venv...).
-    (tmp_path / 'python3').symlink_to(sys.executable)
+    # python3 first on PATH runs this test's interpreter (pyenv, a venv...).
+    python3 = tmp_path / 'python3'
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python3.chmod(0o755)
     assert chosen(f'{tmp_path}:/usr/bin:/bin') == 'python3'
