@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from convmixer_mm.benchmark import randomize_bn
-from convmixer_mm.models import (CompileModelHook, ConvMixerDataPreprocessor,
-                                 ConvMixerMM, fuse_convmixer)
+from conftest import randomize, tiny_classifier
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
+                                 fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
@@ -31,19 +32,7 @@ BF16_TOL = 3e-2
 def build_classifier(arch: dict = TINY, act: str = 'GELU',
                      seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='ConvMixerMM', arch=arch, act_cfg=dict(type=act)),
-            head=dict(
-                type='ConvMixerClsHead',
-                num_classes=10,
-                in_channels=arch['embed_dims'])))
-    # Random BN statistics: with the defaults (mean 0, var 1) BN is
-    # nearly the identity and folding mistakes would go unnoticed.
-    randomize_bn(model, torch.Generator().manual_seed(seed))
-    return model.eval()
+    return randomize(tiny_classifier(arch, act_cfg=dict(type=act)), seed)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -76,13 +65,13 @@ def test_default_eval_path_matches_unfused_for_every_shipped_arch(config):
     """Each shipped model (kernel, patch, activation, channels, layout as
     configured; width and depth shrunk) infers fused and exactly."""
     cfg = Config.fromfile(config).model
-    arch = ConvMixerMM._parse_arch(cfg.backbone.get('arch', '768/32'))
+    arch = ConvMixerMM.parse_arch(cfg.backbone.get('arch', '768/32'))
     arch.update(embed_dims=16, depth=2)
     cfg.backbone.arch = arch
     cfg.head.in_channels = 16
     torch.manual_seed(0)
     model = MODELS.build(cfg)
-    randomize_bn(model, torch.Generator().manual_seed(0))
+    randomize(model, 0)
     model.eval()
     channels = cfg.backbone.get('in_channels', 3)
     size = 8 * arch['patch_size']
@@ -186,7 +175,7 @@ def test_fuse_keeps_every_out_index_and_odd_kernels():
     arch = dict(embed_dims=8, depth=3, patch_size=2, kernel_size=3)
     torch.manual_seed(1)
     backbone = ConvMixerMM(arch=arch, out_indices=(0, 1, 2)).eval()
-    randomize_bn(backbone, torch.Generator().manual_seed(1))
+    randomize(backbone, 1)
     x = torch.randn(2, 3, 12, 12)
     refs = backbone(x)
     with torch.no_grad():
@@ -266,6 +255,7 @@ def test_fused_model_is_inference_only():
 
 
 
+@pytest.mark.slow
 def test_compile_hook_compiles_in_place_and_keeps_keys():
     model = build_classifier()
     keys = list(model.state_dict())

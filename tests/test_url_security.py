@@ -16,7 +16,7 @@ import torch
 from mmengine.runner import CheckpointLoader
 
 import mmpretrain
-from convmixer_mm.apis import get_model
+from convmixer_mm.apis import load_model
 from convmixer_mm.engine import CheckpointError, load_checkpoint_file
 from mmpretrain.registry import MODELS
 
@@ -109,7 +109,7 @@ def test_every_library_entry_refuses(entry, served):
         elif entry == 'mmpretrain_get_model':
             mmpretrain.get_model(CONFIG, pretrained=url)
         else:
-            get_model(CONFIG, pretrained=url)
+            load_model(CONFIG, pretrained=url)
     served.assert_no_code_ran()
 
 
@@ -125,7 +125,7 @@ def test_local_path_with_a_scheme_like_name(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match='refused'):
         load_checkpoint_file('evil://ckpt.pth')
     with pytest.raises(CheckpointError, match='refused'):
-        get_model(CONFIG, pretrained='evil://ckpt.pth')
+        load_model(CONFIG, pretrained='evil://ckpt.pth')
     assert not osp.exists(marker)
 
 
@@ -138,6 +138,7 @@ def _run(served, *args):
                           cwd=str(served.root))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('command', ['test', 'train_load_from', 'demo'])
 def test_command_lines_refuse_with_one_error_line(command, served):
     work = str(served.root / 'work')

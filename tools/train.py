@@ -2,11 +2,11 @@
 """Train a model from a config: ``python tools/train.py CONFIG [options]``.
 
 The command line is mmpretrain's; ``--help`` lists it. The logic lives in
-:mod:`convmixer_mm.engine.launch`.
+:mod:`convmixer_mm.cli.launch`.
 """
 import sys
 
-from convmixer_mm.engine.launch import train
+from convmixer_mm.cli.launch import train
 
 if __name__ == '__main__':
     sys.exit(train())

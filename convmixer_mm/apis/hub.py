@@ -15,9 +15,10 @@ from mmengine.runner import CheckpointLoader
 from modelindex.load_model_index import load
 
 from mmpretrain.apis import ModelHub
-from ..converter import convert_state_dict, load_any_checkpoint
-from ..engine import CheckpointError
-from ..engine.checkpoint import download_checkpoint
+from ..engine.checkpoint import (CheckpointError, download_checkpoint,
+                                 load_checkpoint_file)
+from ..utils import UserError
+from .converter import convert_state_dict
 
 #: Where the official release lives (the README of locuslab/convmixer
 #: links the tmp-iclr mirror, which mmpretrain's metafile also uses).
@@ -30,7 +31,7 @@ OFFLINE_ENV = 'CONVMIXER_MM_OFFLINE'
 CONVERTER = 'tools/model_converters/convmixer_to_mm.py'
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained weights that are neither on disk nor downloadable."""
 
 
@@ -126,7 +127,7 @@ def load_from_official_release(filename: str, map_location=None) -> dict:
     """
     path = fetch_official_weights(filename)
     try:
-        checkpoint = load_any_checkpoint(path)
+        checkpoint = load_checkpoint_file(path)
     except CheckpointError:
         os.remove(path)  # never keep, nor trust later, a refused download
         raise

@@ -2,6 +2,7 @@
 """The ConvMixer backbone, trainable and checkpoint-compatible."""
 import contextlib
 import itertools
+import warnings
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
@@ -9,9 +10,9 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 from .fused import FusedConvActBN, FusedConvMixerBlock, fusion_problem
 
@@ -62,7 +63,7 @@ def _keep_bn_stats(module: nn.Module) -> Iterator[None]:
 
 
 @MODELS.register_module()
-class ConvMixerMM(BaseModule):
+class ConvMixerMM(BaseBackbone):
     """ConvMixer backbone.
 
     A trainable implementation of `Patches Are All You Need?
@@ -133,7 +134,7 @@ class ConvMixerMM(BaseModule):
                  fuse_eval: bool = True,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        arch = self._parse_arch(arch)
+        arch = self.parse_arch(arch)
         self.embed_dims = arch['embed_dims']
         self.depth = arch['depth']
         self.patch_size = arch['patch_size']
@@ -148,6 +149,7 @@ class ConvMixerMM(BaseModule):
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
         self.fuse_eval = fuse_eval
+        self._warned = set()
 
         dims = self.embed_dims
         self.stem = nn.Sequential(
@@ -155,7 +157,8 @@ class ConvMixerMM(BaseModule):
                 in_channels, dims, self.patch_size, stride=self.patch_size),
             build_activation_layer(act_cfg),
             build_norm_layer(norm_cfg, dims)[1])
-        dpr = torch.linspace(0, drop_path_rate, self.depth).tolist()
+        dpr = torch.linspace(
+            0, drop_path_rate, self.depth, device='cpu').tolist()
         self.stages = nn.Sequential(*[
             nn.Sequential(
                 Residual(
@@ -171,14 +174,23 @@ class ConvMixerMM(BaseModule):
         self._freeze_stages()
 
     @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> Dict[str, int]:
+    def parse_arch(cls, arch: Union[str, dict]) -> Dict[str, int]:
+        """The one arch parser: a name, ``'DIM/DEPTH/KERNEL/PATCH'`` or a
+        dict with the essential keys, checked, as a new dict."""
         if isinstance(arch, str):
-            if arch not in cls.arch_settings:
+            parts = arch.split('/')
+            if len(parts) == 4 and all(p.isdigit() for p in parts):
+                arch = dict(
+                    zip(('embed_dims', 'depth', 'kernel_size', 'patch_size'),
+                        map(int, parts)))
+            elif arch not in cls.arch_settings:
                 raise ValueError(
                     f'Unknown ConvMixer arch {arch!r}: choose one of '
-                    f'{sorted(cls.arch_settings)} or pass a dict with keys '
+                    f'{sorted(cls.arch_settings)}, DIM/DEPTH/KERNEL/PATCH '
+                    '(e.g. 256/8/9/7) or pass a dict with keys '
                     f'{list(cls.essential_keys)}.')
-            return dict(cls.arch_settings[arch])
+            else:
+                return dict(cls.arch_settings[arch])
         if not isinstance(arch, dict):
             raise TypeError(
                 f'arch must be a str or a dict, got {type(arch).__name__}.')
@@ -240,6 +252,29 @@ class ConvMixerMM(BaseModule):
             context_fn=lambda: (contextlib.nullcontext(),
                                 _keep_bn_stats(stage)))
 
+    def _check_size(self, size: Sequence[int]) -> None:
+        """Refuse an input smaller than a patch. Taps of a kernel wider
+        than ``2 * grid - 1`` read only zero padding: legal but slow (a
+        warning, once per grid); one that reaches more than twice across
+        the grid (``kernel_size // 2 > 2 * grid``) is plainly a mistake."""
+        if min(size) < self.patch_size:
+            raise ValueError(
+                f'patch_size={self.patch_size} is larger than the input '
+                f'image {tuple(size)}: use a smaller patch_size or resize '
+                'the images in the pipeline.')
+        grid = min(s // self.patch_size for s in size)
+        useful = 2 * grid - 1
+        if self.kernel_size <= useful or grid in self._warned:
+            return
+        message = (f'kernel_size={self.kernel_size} on the {grid}x{grid} '
+                   f'token grid of a {tuple(size)} input: taps beyond '
+                   f'{useful}x{useful} read only zero padding and slow the '
+                   f'model down. Use kernel_size <= {useful}.')
+        if self.kernel_size // 2 > 2 * grid:
+            raise ValueError(message)
+        self._warned.add(grid)
+        warnings.warn(message)
+
     def _layers(self) -> Tuple[nn.Module, Sequence[nn.Module]]:
         """The stem and blocks that this forward runs: fused copies when
         ``fuse_eval`` applies, else the modules themselves.
@@ -281,6 +316,7 @@ class ConvMixerMM(BaseModule):
                 f'ConvMixerMM expects input of shape (B, {self.in_channels}, '
                 f'H, W), got {tuple(x.shape)}: set in_channels in the '
                 'backbone config to match the images (e.g. 1 for grayscale).')
+        self._check_size(x.shape[-2:])
         stem, stages = self._layers()
         x = stem(x)
         outs = []

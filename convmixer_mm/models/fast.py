@@ -1,23 +1,16 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Opt-in fast paths: in-place fusion and compilation.
+"""In-place inference fusion.
 
 :func:`fuse_convmixer` replaces the backbone's modules by the fused ones of
-:mod:`.fused` for good (the backbone's ``fuse_eval``, on by default, runs
-the same fused layers without replacing anything). :class:`CompileModelHook`
-is the training-time fast path: it compiles the model's submodules in
-place, so checkpoints keep their keys.
+:mod:`.fused` for good. The backbone's ``fuse_eval``, on by default, runs
+the same fused layers without replacing anything; this remains for code
+that wants an inference-only model.
 """
-import shutil
 import types
-import warnings
-from typing import Sequence
 
 import torch
 import torch.nn as nn
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
-from mmpretrain.registry import HOOKS
 from .convmixer import ConvMixerMM, Residual
 from .fused import FusedConvActBN, FusedConvMixerBlock
 
@@ -92,58 +85,3 @@ def _inference_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
             'A model fused by fuse_convmixer is inference-only: rebuild it '
             'from the config (or reload the checkpoint) to train.')
     return type(self).train(self, False)
-
-
-@HOOKS.register_module()
-class CompileModelHook(Hook):
-    """``torch.compile`` submodules of the model in place before training.
-
-    mmengine's ``compile=True`` compiles the whole ``train_step``, whose
-    logging and optimizer code make dynamo recompile every iteration (on
-    2 CPU cores the Fashion-MNIST config then trains at a third of eager
-    speed). Compiling the network alone gives the fused kernels without
-    that; ``nn.Module.compile`` keeps the state-dict keys. On CPU it needs
-    a C++ compiler (without one it warns and leaves the model eager) and
-    compiles for tens of seconds at start, cached across runs.
-
-    Args:
-        modules (Sequence[str]): Attribute names of the submodules to
-            compile. Defaults to ``('backbone', )``.
-        **kwargs: Arguments of ``torch.compile``.
-
-    Example:
-        >>> custom_hooks = [dict(type='CompileModelHook')]
-    """
-    priority = 'VERY_HIGH'
-
-    def __init__(self,
-                 modules: Sequence[str] = ('backbone', ),
-                 **kwargs) -> None:
-        self.modules = tuple(modules)
-        self.kwargs = kwargs
-
-    def before_run(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        if not self._can_compile(model):
-            warnings.warn(
-                'CompileModelHook: no C++ compiler (g++/c++) on PATH for '
-                "torch.compile's CPU backend; training uncompiled. Install "
-                'g++ to get the faster compiled model.')
-            return
-        for name in self.modules:
-            module = getattr(model, name, None)
-            if not isinstance(module, nn.Module):
-                raise ValueError(
-                    f'CompileModelHook: the model has no submodule '
-                    f'{name!r}; set modules= to some of '
-                    f'{[n for n, _ in model.named_children()]}.')
-            module.compile(**self.kwargs)
-
-    def _can_compile(self, model: nn.Module) -> bool:
-        """Whether inductor can generate CPU code, when it has to."""
-        backend = self.kwargs.get('backend', 'inductor')
-        on_cpu = all(p.device.type == 'cpu' for p in model.parameters())
-        if backend != 'inductor' or not on_cpu:
-            return True
-        return any(shutil.which(cxx) for cxx in ('g++', 'c++', 'clang++'))

@@ -21,11 +21,12 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-from convmixer_mm.benchmark import (BenchmarkSettings, format_table,
-                                    run_benchmark, settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
-from convmixer_mm.engine.checkpoint import atomic_save_bytes
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings,
+                                             format_table, run_benchmark,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 from convmixer_mm.models import ConvMixerMM
+from convmixer_mm.utils import atomic_save_bytes
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -145,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         settings = settings_from_config(args.model, **fields)
     else:
         settings = BenchmarkSettings(
-            arch=ConvMixerMM._parse_arch(args.model), **fields)
+            arch=ConvMixerMM.parse_arch(args.model), **fields)
     report = run_benchmark(settings)
     print(format_table(report))
     if args.out:

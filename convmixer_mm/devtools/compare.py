@@ -14,10 +14,9 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from ..engine.launch import build_runner
-from .complexity import count_complexity
-from .curves import (Curve, apply_tensorboard_switch, epoch_curves,
-                     load_scalars, plot_curves)
+from ..apis.complexity import count_complexity
+from ..engine.config import apply_tensorboard_switch, build_runner
+from .curves import Curve, epoch_curves, load_scalars, plot_curves
 
 
 @dataclass

@@ -7,10 +7,12 @@ data set or checkpoint, a corrupt or mismatching checkpoint, bad
 fix, exit status 1 (2 for command-line syntax), and no traceback.
 """
 import argparse
+import ctypes
 import difflib
 import gc
 import os
 import os.path as osp
+import signal
 import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -18,20 +20,12 @@ import mmengine
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS, init_default_scope
-from mmengine.runner import Runner
-
-from mmpretrain.registry import MODELS
-from ..datasets import DataNotFoundError
-from .checkpoint import CheckpointError, load_checkpoint_file
-from .runner import latest_checkpoint
-
-
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` entry is wrong."""
-
-
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
+from ..engine.config import (ConfigError, apply_tensorboard_switch,
+                             build_runner, load_config)
+from ..engine.validate import check_config
+from ..engine.work_dir import work_dir_lock
+from ..utils import UserError, refuse_overwrite
+from . import run
 
 
 class CfgOptionsAction(DictAction):
@@ -112,6 +106,8 @@ def test_parser() -> argparse.ArgumentParser:
         '--work-dir', help='the dir to save the evaluation metrics and logs')
     parser.add_argument('--out', help='file (.pkl/.json) to dump results')
     parser.add_argument(
+        '--force', action='store_true', help='overwrite OUT if it exists')
+    parser.add_argument(
         '--out-item',
         choices=['metrics', 'pred'],
         help='dump the metrics or the predictions (default) to --out')
@@ -132,15 +128,6 @@ def test_parser() -> argparse.ArgumentParser:
         help='disable pin_memory in the dataloaders')
     _add_common(parser)
     return parser
-
-
-def load_config(path: str) -> Config:
-    """Read a config file, raising :class:`ConfigError` if it is missing."""
-    if not osp.isfile(path):
-        raise ConfigError(
-            f'config {path!r} does not exist: pass a config file such as '
-            'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py.')
-    return Config.fromfile(path)
 
 
 def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
@@ -239,12 +226,7 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
     merge_cfg_options(cfg, args.cfg_options)
-    # Imported here: convmixer_mm.analysis builds on this module.
-    from convmixer_mm.analysis.curves import apply_tensorboard_switch
-    try:
-        apply_tensorboard_switch(cfg)
-    except ImportError as e:
-        raise ConfigError(str(e)) from None
+    apply_tensorboard_switch(cfg)
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
@@ -280,49 +262,22 @@ def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
-    """Build ``cfg.runner_type`` if set, else mmengine's ``Runner``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
-
-
-def _precheck_resume(cfg: Config) -> None:
-    """Fail before any file is written if the checkpoint to resume from or
-    to load is bad (or unsafe: it is never unpickled past the check)."""
-    # The same choice as ConvMixerRunner.load_or_resume makes.
-    path = cfg.get('load_from')
-    if cfg.get('resume') and not path:
-        path = latest_checkpoint(cfg.work_dir)
-    if path:
-        load_checkpoint_file(path)
-
-
-def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
-    """With ``--cfg-options``, build the model once before the runner
-    writes anything, so that a bad value is reported as such."""
-    if not options:
-        return
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    try:
-        MODELS.build(cfg.model)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f'the model does not build with --cfg-options '
-            f'{" ".join(f"{k}={v}" for k, v in options.items())}: {e}'
-        ) from None
+def _check(cfg: Config, args: argparse.Namespace,
+           fields: Sequence[str]) -> None:
+    """Check the merged config against the file before anything is
+    written."""
+    fields = [f for f in fields if cfg.get(f) is not None]
+    check_config(cfg, load_config(args.config), args.cfg_options,
+                 args.config, fields)
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
-    try:
-        main(argv)
-    except USER_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    status = run(main, argv, errors=(UserError, ))
     # Only after success: after a failure the other ranks may never reach
     # the barrier, and torchrun stops them anyway.
-    _shut_down_distributed()
-    return 0
+    if status == 0:
+        _shut_down_distributed()
+    return status
 
 
 def _shut_down_distributed() -> None:
@@ -342,23 +297,41 @@ def _shut_down_distributed() -> None:
     gc.collect()
 
 
+def _exit_with_launcher(launcher: str) -> None:
+    """Make a torchrun worker die with its agent (Linux only).
+
+    torchrun ends its workers when one fails, but a ``kill -9`` of torchrun
+    itself would leave them training as orphans that hold the work dir.
+    """
+    if launcher != 'pytorch' or not sys.platform.startswith('linux'):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:
+        # The agent died before the call above.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _train(argv: Optional[List[str]]) -> None:
     args = train_parser().parse_args(argv)
+    _exit_with_launcher(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
-    _check_model_builds(cfg, args.cfg_options)
-    _precheck_resume(cfg)
-    build_runner(cfg).train()
+    _check(cfg, args, ('train_dataloader', 'val_dataloader'))
+    with work_dir_lock(cfg.work_dir):
+        build_runner(cfg).train()
 
 
 def _test(argv: Optional[List[str]]) -> None:
     args = test_parser().parse_args(argv)
+    _exit_with_launcher(args.launcher)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
+    if args.out is not None:
+        refuse_overwrite(args.out, args.force)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
-    _check_model_builds(cfg, args.cfg_options)
-    load_checkpoint_file(args.checkpoint)
+    _check(cfg, args, ('test_dataloader', ))
     runner = build_runner(cfg)
     if args.out and args.out_item in ('pred', None):
         runner.test_evaluator.metrics.append(
