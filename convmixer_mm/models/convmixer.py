@@ -80,8 +80,11 @@ class ConvMixerMM(BaseModule):
             Defaults to ``dict(type='GELU')``.
         out_indices (int | Sequence[int]): Blocks whose outputs are
             returned; negative values count from the end. Defaults to -1.
-        frozen_stages (int): -1 freezes nothing, 0 the stem, ``k`` the stem
-            and the first ``k`` blocks. Defaults to -1.
+        frozen_stages (int): Freeze (``eval()`` and no gradients) the
+            first ``k`` blocks, ``stages[0..k-1]``, as mmpretrain's
+            ``ConvMixer`` does: 0 freezes nothing. Defaults to 0.
+        freeze_stem (bool): Freeze the patch embedding (``stem``) too,
+            which ``frozen_stages`` never does. Defaults to False.
         drop_path_rate (float): Stochastic depth rate on the residual
             branches, increasing linearly with depth. Defaults to 0, as in
             the paper.
@@ -117,7 +120,8 @@ class ConvMixerMM(BaseModule):
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='GELU'),
                  out_indices: Union[int, Sequence[int]] = -1,
-                 frozen_stages: int = -1,
+                 frozen_stages: int = 0,
+                 freeze_stem: bool = False,
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
@@ -129,12 +133,13 @@ class ConvMixerMM(BaseModule):
         self.kernel_size = arch['kernel_size']
         self.in_channels = in_channels
         self.out_indices = self._parse_out_indices(out_indices, self.depth)
-        if not -1 <= frozen_stages <= self.depth:
+        if not 0 <= frozen_stages <= self.depth:
             raise ValueError(
-                f'frozen_stages={frozen_stages} is out of range: use -1 '
-                f'(none), 0 (stem) or 1..{self.depth} (stem and that many '
-                'blocks).')
+                f'frozen_stages={frozen_stages} is out of range: use 0 '
+                f'(none) to {self.depth} (that many blocks); freeze the '
+                'stem with freeze_stem=True.')
         self.frozen_stages = frozen_stages
+        self.freeze_stem = freeze_stem
         self.with_cp = with_cp
 
         dims = self.embed_dims
@@ -205,9 +210,9 @@ class ConvMixerMM(BaseModule):
         return tuple(parsed)
 
     def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.stem, *self.stages[:self.frozen_stages]]
+        frozen = list(self.stages[:self.frozen_stages])
+        if self.freeze_stem:
+            frozen.append(self.stem)
         for module in frozen:
             module.eval()
             for param in module.parameters():

@@ -218,7 +218,8 @@ def fuse_convmixer(model: nn.Module) -> nn.Module:
         backbone.stages = nn.Sequential(
             *[FusedConvMixerBlock(block) for block in backbone.stages])
         # The fused modules have no parameters to freeze or train.
-        backbone.frozen_stages = -1
+        backbone.frozen_stages = 0
+        backbone.freeze_stem = False
     # model.eval() keeps working; model.train() fails loudly.
     model.train = types.MethodType(_inference_only_train, model)
     return model
