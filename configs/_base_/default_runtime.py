@@ -24,11 +24,9 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
+# Add dict(type='TensorboardVisBackend') for TensorBoard (README, Curves).
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
-# True (or --cfg-options use_tensorboard=True) adds TensorBoard event files
-# beside vis_data/scalars.json; needs `pip install -e '.[tensorboard]'`.
-use_tensorboard = False
 
 log_level = 'INFO'
 load_from = None

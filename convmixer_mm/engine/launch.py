@@ -239,12 +239,6 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
             persistent_workers=not args.no_persistent_workers,
             collate_fn=dict(type='default_collate')))
     merge_cfg_options(cfg, args.cfg_options)
-    # Imported here: convmixer_mm.analysis builds on this module.
-    from convmixer_mm.analysis.curves import apply_tensorboard_switch
-    try:
-        apply_tensorboard_switch(cfg)
-    except ImportError as e:
-        raise ConfigError(str(e)) from None
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
