@@ -9,11 +9,14 @@ Example::
 """
 import argparse
 import sys
+import warnings
 
 import torch
 
-from convmixer_mm.apis import inference_model
-from convmixer_mm.converter import CheckpointError
+# mmcv-lite lacks compiled ops that ConvMixer never uses.
+warnings.filterwarnings('ignore', 'Fail to import ``MultiScaleDeformable')
+from convmixer_mm.apis import inference_model  # noqa: E402
+from convmixer_mm.converter import CheckpointError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
