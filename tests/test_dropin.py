@@ -142,3 +142,26 @@ def test_no_onehot_message_at_inference():
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'to_onehot' not in result.stdout + result.stderr
+
+
+@needs_fashion_mnist
+def test_training_logs_by_time_as_well_as_by_iteration(tmp_path):
+    # time_interval=0: a line after every iteration although interval=100;
+    # scalars.json keeps only the regular (end of epoch) entry.
+    result = subprocess.run(
+        [sys.executable, 'tools/train.py', FASHION_CONFIG, '--work-dir',
+         str(tmp_path), '--no-validate', '--cfg-options',
+         'train_dataloader.dataset.indices=128',
+         'train_dataloader.batch_size=32', 'train_cfg.max_epochs=1',
+         'default_hooks.logger.interval=100',
+         'default_hooks.logger.time_interval=0'],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    lines = re.findall(r'Epoch\(train\) \[1\]\[(\d)/4\].*eta: \d', log)
+    assert lines == ['1', '2', '3', '4']
+    for noise in NOISE:
+        assert noise not in log
+    scalars = glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json'))
+    with open(scalars[0]) as f:
+        assert len(f.readlines()) == 1

@@ -9,8 +9,9 @@ runner_type = 'ConvMixerRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    # The log line shows the ETA.
-    logger=dict(type='LoggerHook', interval=100),
+    # A log line with the ETA every 100 iterations, and at least every 10 s
+    # (convmixer_mm/engine/hooks.py).
+    logger=dict(type='ProgressLoggerHook', interval=100, time_interval=10),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),

@@ -1,7 +1,7 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .checkpoint import (CheckpointError, atomic_save_bytes, check_fits,
                          load_checkpoint_file, register_safe_globals)
-from .hooks import TestProgressBarHook
+from .hooks import ProgressLoggerHook, TestProgressBarHook
 from .optim_wrapper import MixedPrecisionOptimWrapper
 from .runner import ConvMixerRunner
 from .scheduler import PiecewiseLinearLR
@@ -10,6 +10,7 @@ register_safe_globals()
 
 __all__ = [
     'CheckpointError', 'ConvMixerRunner', 'MixedPrecisionOptimWrapper',
-    'PiecewiseLinearLR', 'TestProgressBarHook', 'atomic_save_bytes',
-    'check_fits', 'load_checkpoint_file', 'register_safe_globals'
+    'PiecewiseLinearLR', 'ProgressLoggerHook', 'TestProgressBarHook',
+    'atomic_save_bytes', 'check_fits', 'load_checkpoint_file',
+    'register_safe_globals'
 ]
