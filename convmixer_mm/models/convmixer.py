@@ -226,6 +226,10 @@ class ConvMixerMM(BaseModule):
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not (self.with_cp and torch.is_grad_enabled()):
             return stage(x)
+        if torch.compiler.is_compiling():
+            # dynamo traces no context_fn, and its recomputation in the
+            # backward graph does not replay the BN statistics updates.
+            return cp.checkpoint(stage, x, use_reentrant=False)
         return cp.checkpoint(
             stage,
             x,
