@@ -66,7 +66,7 @@ setup(
     packages=find_packages(exclude=('configs', 'tools', 'demo', 'tests')),
     include_package_data=True,
     package_data={'convmixer_mm': ['.mim/**/*', '.mim/*']},
-    python_requires='>=3.8',
+    python_requires='>=3.10',
     license='MIT',
     install_requires=[
         # torch and torchvision are left unpinned so that pip resolves a

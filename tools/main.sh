@@ -38,9 +38,5 @@ print(f'{path}: Fashion-MNIST test image {index}, true label: '
       f"{test_set.metainfo['classes'][label]} (class {label})")
 PY
 
-if [ -f demo/image_demo.py ]; then
-    python demo/image_demo.py "$IMAGE" "$CONFIG" --pretrained "$CHECKPOINT" \
-        --topk 3 --device cpu
-else
-    echo 'demo/image_demo.py is not there yet: skipping the demo step.'
-fi
+python demo/image_demo.py "$IMAGE" "$CONFIG" --pretrained "$CHECKPOINT" \
+    --topk 3 --device cpu

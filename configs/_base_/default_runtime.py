@@ -13,7 +13,7 @@ default_hooks = dict(
     # (convmixer_mm/engine/hooks.py).
     logger=dict(type='ProgressLoggerHook', interval=100, time_interval=10),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
 )

@@ -22,11 +22,12 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-from convmixer_mm.benchmark import (BenchmarkSettings, format_table,
-                                    run_benchmark, settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
-from convmixer_mm.engine.checkpoint import atomic_save_bytes
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings,
+                                             format_table, run_benchmark,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 from convmixer_mm.models import ConvMixerMM
+from convmixer_mm.utils import atomic_save_bytes
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -51,8 +52,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         '--compile', choices=['on', 'off'], default='off',
         help='torch.compile our main candidate')
     parser.add_argument(
-        '--fuse', choices=['on', 'off'], default='on',
-        help='fuse_convmixer our main candidate (inference only)')
+        '--fuse', choices=['on', 'off'], default='off',
+        help='fuse_convmixer our main candidate (inference only; without it the model still runs fused in eval mode, see fuse_eval)')
     parser.add_argument(
         '--with-cp', action='store_true',
         help='gradient checkpointing in our main candidate')
@@ -149,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         settings = settings_from_config(args.model, **fields)
     else:
         settings = BenchmarkSettings(
-            arch=ConvMixerMM._parse_arch(args.model), **fields)
+            arch=ConvMixerMM.parse_arch(args.model), **fields)
     report = run_benchmark(settings, functools.partial(print, flush=True))
     print(format_table(report))
     if args.out:

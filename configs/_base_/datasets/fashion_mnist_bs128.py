@@ -11,7 +11,14 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
-test_pipeline = [dict(type='PackInputs')]
+# Any image, a photo too, reaches the model as 28x28 gray (alpha on white);
+# the data set's own images pass unchanged. The aspect ratio is not kept:
+# Fashion-MNIST's items fill the frame.
+test_pipeline = [
+    dict(type='ToChannels', channels=1),
+    dict(type='Resize', scale=(28, 28)),
+    dict(type='PackInputs'),
+]
 
 train_dataloader = dict(
     batch_size=128,

@@ -8,11 +8,13 @@ fix, exit status 1 (2 for command-line syntax), and no traceback.
 """
 import argparse
 import copy
+import ctypes
 import difflib
 import gc
 import logging
 import os
 import os.path as osp
+import signal
 import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -21,21 +23,12 @@ import numpy as np
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import BaseMetric, DumpResults
-from mmengine.registry import RUNNERS, init_default_scope
-from mmengine.runner import Runner
+from ..engine.config import ConfigError, build_runner, load_config
+from ..engine.validate import check_config
+from ..engine.work_dir import work_dir_lock
+from ..utils import UserError, atomic_save_bytes, refuse_overwrite
+from . import run
 
-from mmpretrain.registry import MODELS
-from ..datasets import DataNotFoundError
-from .checkpoint import (CheckpointError, atomic_save_bytes,
-                         load_checkpoint_file)
-from .runner import latest_checkpoint
-
-
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` entry is wrong."""
-
-
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError)
 #: Log lines that are harmless here and bury the useful ones: one per
 #: parameter without weight decay, mmengine's own deprecations, and a
 #: metric that computes nothing.
@@ -131,6 +124,8 @@ def test_parser() -> argparse.ArgumentParser:
         'gt_label (N,), in dataset order; .pkl/.json: mmpretrain\'s full '
         'DataSample dicts (inputs included, large)')
     parser.add_argument(
+        '--force', action='store_true', help='overwrite OUT if it exists')
+    parser.add_argument(
         '--out-item',
         choices=['metrics', 'pred'],
         help='dump the metrics or the predictions (default) to --out')
@@ -167,15 +162,6 @@ def test_parser() -> argparse.ArgumentParser:
         help='disable pin_memory in the dataloaders')
     _add_common(parser)
     return parser
-
-
-def load_config(path: str) -> Config:
-    """Read a config file, raising :class:`ConfigError` if it is missing."""
-    if not osp.isfile(path):
-        raise ConfigError(
-            f'config {path!r} does not exist: pass a config file such as '
-            'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py.')
-    return Config.fromfile(path)
 
 
 def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
@@ -368,48 +354,22 @@ def _use_tta(cfg: Config) -> None:
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
-def build_runner(cfg: Config) -> Runner:
-    """Build ``cfg.runner_type`` if set, else mmengine's ``Runner``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
-
-
-def _precheck_resume(cfg: Config) -> None:
-    """Fail before any file is written if the resume source is bad."""
-    if not cfg.get('resume'):
-        return
-    # The same choice as ConvMixerRunner.load_or_resume makes.
-    path = cfg.get('load_from') or latest_checkpoint(cfg.work_dir)
-    if path:
-        load_checkpoint_file(path)
-
-
-def _check_model_builds(cfg: Config, options: Optional[dict]) -> None:
-    """With ``--cfg-options``, build the model once before the runner
-    writes anything, so that a bad value is reported as such."""
-    if not options:
-        return
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    try:
-        MODELS.build(cfg.model)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f'the model does not build with --cfg-options '
-            f'{" ".join(f"{k}={v}" for k, v in options.items())}: {e}'
-        ) from None
+def _check(cfg: Config, args: argparse.Namespace,
+           fields: Sequence[str]) -> None:
+    """Check the merged config against the file before anything is
+    written."""
+    fields = [f for f in fields if cfg.get(f) is not None]
+    check_config(cfg, load_config(args.config), args.cfg_options,
+                 args.config, fields)
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
-    try:
-        main(argv)
-    except USER_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    status = run(main, argv, errors=(UserError, ))
     # Only after success: after a failure the other ranks may never reach
     # the barrier, and torchrun stops them anyway.
-    _shut_down_distributed()
-    return 0
+    if status == 0:
+        _shut_down_distributed()
+    return status
 
 
 def _shut_down_distributed() -> None:
@@ -429,19 +389,36 @@ def _shut_down_distributed() -> None:
     gc.collect()
 
 
+def _exit_with_launcher(launcher: str) -> None:
+    """Make a torchrun worker die with its agent (Linux only).
+
+    torchrun ends its workers when one fails, but a ``kill -9`` of torchrun
+    itself would leave them training as orphans that hold the work dir.
+    """
+    if launcher != 'pytorch' or not sys.platform.startswith('linux'):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:
+        # The agent died before the call above.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _train(argv: Optional[List[str]]) -> None:
     args = train_parser().parse_args(argv)
+    _exit_with_launcher(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_train_args(load_config(args.config), args)
-    _check_model_builds(cfg, args.cfg_options)
-    _precheck_resume(cfg)
-    runner = build_runner(cfg)
-    runner.logger.addFilter(_not_noise)
-    runner.train()
+    _check(cfg, args, ('train_dataloader', 'val_dataloader'))
+    with work_dir_lock(cfg.work_dir):
+        runner = build_runner(cfg)
+        runner.logger.addFilter(_not_noise)
+        runner.train()
 
 
 def _test(argv: Optional[List[str]]) -> None:
     args = test_parser().parse_args(argv)
+    _exit_with_launcher(args.launcher)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
     if args.out and args.out_item != 'metrics' and not args.out.endswith(
@@ -450,10 +427,11 @@ def _test(argv: Optional[List[str]]) -> None:
             f'--out {args.out}: predictions are written to FILE.npz '
             '(compact arrays) or FILE.pkl (full samples); for the metrics '
             'add --out-item metrics.')
+    if args.out is not None:
+        refuse_overwrite(args.out, args.force)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = merge_test_args(load_config(args.config), args)
-    _check_model_builds(cfg, args.cfg_options)
-    load_checkpoint_file(args.checkpoint)
+    _check(cfg, args, ('test_dataloader', ))
     runner = build_runner(cfg)
     runner.logger.addFilter(_not_noise)
     if args.out and args.out_item in ('pred', None):

@@ -14,8 +14,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from ..engine.launch import build_runner
-from .complexity import count_complexity
+from ..apis.complexity import count_complexity
+from ..engine.config import build_runner
 from .curves import Curve, epoch_curves, load_scalars, plot_curves
 
 

@@ -32,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import ConvMixerMM, fuse_convmixer
+from ..engine.checkpoint import from_mm_layout, load_weights
+from ..models import ConvMixerMM, fuse_convmixer
 
 IMPLS = ('ours', 'mmpretrain', 'timm')
 FLAGS = ('cl', 'fuse', 'compile', 'cp')
@@ -127,7 +128,7 @@ class BenchmarkSettings:
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first bad setting."""
-        ConvMixerMM._parse_arch(self.arch)
+        ConvMixerMM.parse_arch(self.arch)
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype={self.dtype!r}: use one of '
                              f'{list(DTYPES)}.')
@@ -174,7 +175,7 @@ def settings_from_config(path: str, **kwargs) -> BenchmarkSettings:
             f'{path} does not build a ConvMixerMM backbone (got '
             f'{backbone.get("type")!r}): pass a convmixer_mm config or an '
             'arch name.')
-    arch = ConvMixerMM._parse_arch(backbone.get('arch', '768/32'))
+    arch = ConvMixerMM.parse_arch(backbone.get('arch', '768/32'))
     return BenchmarkSettings(
         arch=arch,
         act=backbone.get('act_cfg', {}).get('type', 'GELU'),
@@ -233,22 +234,6 @@ def build_timm(settings: BenchmarkSettings) -> nn.Module:
         act_layer=getattr(nn, settings.act))
 
 
-def to_timm_state_dict(state: Dict[str, torch.Tensor]
-                       ) -> Dict[str, torch.Tensor]:
-    """Rename our (and mmpretrain's) keys to timm's."""
-    renames = (('backbone.stem.', 'stem.'), ('backbone.stages.', 'blocks.'),
-               ('head.fc.', 'head.'))
-    out = {}
-    for key, value in state.items():
-        for old, new in renames:
-            if key.startswith(old):
-                out[new + key[len(old):]] = value
-                break
-        else:
-            raise KeyError(f'No timm name for {key!r}.')
-    return out
-
-
 @torch.no_grad()
 def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
     """Give BN non-trivial statistics so fused and unfused paths differ."""
@@ -268,15 +253,13 @@ class Candidate:
         self.spec = spec
         self.dtype = spec.dtype or settings.dtype
         self.device = settings.device
-        if spec.impl == 'ours':
-            model = build_ours(settings, spec.with_cp)
-            model.load_state_dict(state)
-        elif spec.impl == 'mmpretrain':
-            model = build_mmpretrain(settings)
-            model.load_state_dict(state)
-        else:
+        if spec.impl == 'timm':
             model = build_timm(settings)
-            model.load_state_dict(to_timm_state_dict(state))
+            model.load_state_dict(from_mm_layout(state, 'timm'))
+        else:
+            model = build_ours(settings, spec.with_cp) if spec.impl == \
+                'ours' else build_mmpretrain(settings)
+            load_weights(model, state)
         model = model.to(settings.device)
         if spec.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -324,6 +307,7 @@ class Candidate:
 def count_macs(settings: BenchmarkSettings) -> int:
     """Multiply-accumulates of one image through the model."""
     model = build_ours(settings, with_cp=False).eval()
+    model.backbone.fuse_eval = False  # count the model's own convolutions
     x = torch.zeros(1, settings.in_channels, settings.img_size,
                     settings.img_size)
     counter = FlopCounterMode(display=False)
@@ -545,6 +529,7 @@ def run_benchmark(
     randomize_bn(reference, gen)
     state = reference.state_dict()
     reference = reference.eval().to(settings.device)
+    reference.backbone.fuse_eval = False  # the plain fp32 model
     macs = count_macs(settings)
     shape = (settings.batch_size, settings.in_channels, settings.img_size,
              settings.img_size)
