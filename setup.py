@@ -82,7 +82,9 @@ setup(
     extras_require={
         'tests': [
             'pytest', 'timm', 'onnx', 'onnxruntime', 'onnxscript',
-            'tensorboard'
+            'tensorboard', 'openmim',
+            # mim imports pkg_resources, which setuptools 81 removed.
+            'setuptools<81'
         ],
         'mmcv': ['mmcv>=2.0.0,<2.4.0'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],

@@ -287,8 +287,12 @@ def performance_section(reports: Sequence[dict],
     return '\n'.join(lines)
 
 
-def update_readme(readme: str, paths: Sequence[str]) -> None:
-    """Replace the Performance section of ``readme`` from JSON reports."""
+def update_readme(readme: str, paths: Sequence[str]) -> bool:
+    """Replace the Performance section of ``readme`` from JSON reports.
+
+    Returns:
+        bool: Whether the file changed (it is not rewritten otherwise).
+    """
     if not paths:
         raise ValueError('No reports given: pass the JSON files written '
                          'by --out.')
@@ -305,8 +309,12 @@ def update_readme(readme: str, paths: Sequence[str]) -> None:
     end = len(text) if end < 0 else end + 1
     new = text[:start] + performance_section(reports, paths) + '\n' + \
         text[end:]
+    if new == text:
+        return False
+
     def write(tmp: str) -> None:
         with open(tmp, 'w', encoding='utf-8') as f:
             f.write(new)
 
     atomic_save_bytes(readme, write)
+    return True

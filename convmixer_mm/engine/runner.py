@@ -1,6 +1,7 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """An mmengine ``Runner`` with safe, atomic checkpoints and CPU DDP."""
 import errno
+import logging
 import os
 import os.path as osp
 import re
@@ -11,7 +12,7 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import BaseLoop, Runner, find_latest_checkpoint
 
@@ -110,6 +111,26 @@ class ConvMixerRunner(Runner):
             torch_dist.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
 
+    def _log_env(self, env_cfg: dict) -> None:
+        """Log the environment; without an accelerator, say gloo and CPU
+        processes where mmengine would print the config's nccl and a
+        "GPU number"."""
+        if has_accelerator():
+            super()._log_env(env_cfg)
+            return
+
+        def cpu_words(record: logging.LogRecord) -> bool:
+            record.msg = str(record.msg).replace('GPU number:',
+                                                 'CPU processes:')
+            return True
+
+        dist_cfg = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
+        self.logger.addFilter(cpu_words)
+        try:
+            super()._log_env(dict(env_cfg, dist_cfg=dist_cfg))
+        finally:
+            self.logger.removeFilter(cpu_words)
+
     def wrap_model(self, model_wrapper_cfg: Optional[dict],
                    model: torch.nn.Module) -> torch.nn.Module:
         """Wrap the model; on CPU, DDP must not be given ``device_ids``."""
@@ -198,8 +219,9 @@ class ConvMixerRunner(Runner):
         checkpoint = source[1] if source[0] == filename else \
             load_checkpoint_file(filename, map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        # --tta wraps the model in a BaseTTAModel, which holds no weights.
         model = self.model.module if is_model_wrapper(
-            self.model) else self.model
+            self.model) or isinstance(self.model, BaseTTAModel) else self.model
         fine_tuning = isinstance(self._train_loop,
                                  BaseLoop) and not self._resume
         load_weights(model, checkpoint, strict or not fine_tuning, filename)

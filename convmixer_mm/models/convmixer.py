@@ -83,8 +83,11 @@ class ConvMixerMM(BaseBackbone):
             Defaults to ``dict(type='GELU')``.
         out_indices (int | Sequence[int]): Blocks whose outputs are
             returned; negative values count from the end. Defaults to -1.
-        frozen_stages (int): -1 freezes nothing, 0 the stem, ``k`` the stem
-            and the first ``k`` blocks. Defaults to -1.
+        frozen_stages (int): Freeze (``eval()`` and no gradients) the
+            first ``k`` blocks, ``stages[0..k-1]``, as mmpretrain's
+            ``ConvMixer`` does: 0 freezes nothing. Defaults to 0.
+        freeze_stem (bool): Freeze the patch embedding (``stem``) too,
+            which ``frozen_stages`` never does. Defaults to False.
         drop_path_rate (float): Stochastic depth rate on the residual
             branches, increasing linearly with depth. Defaults to 0, as in
             the paper.
@@ -128,7 +131,8 @@ class ConvMixerMM(BaseBackbone):
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='GELU'),
                  out_indices: Union[int, Sequence[int]] = -1,
-                 frozen_stages: int = -1,
+                 frozen_stages: int = 0,
+                 freeze_stem: bool = False,
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
                  fuse_eval: bool = True,
@@ -141,12 +145,13 @@ class ConvMixerMM(BaseBackbone):
         self.kernel_size = arch['kernel_size']
         self.in_channels = in_channels
         self.out_indices = self._parse_out_indices(out_indices, self.depth)
-        if not -1 <= frozen_stages <= self.depth:
+        if not 0 <= frozen_stages <= self.depth:
             raise ValueError(
-                f'frozen_stages={frozen_stages} is out of range: use -1 '
-                f'(none), 0 (stem) or 1..{self.depth} (stem and that many '
-                'blocks).')
+                f'frozen_stages={frozen_stages} is out of range: use 0 '
+                f'(none) to {self.depth} (that many blocks); freeze the '
+                'stem with freeze_stem=True.')
         self.frozen_stages = frozen_stages
+        self.freeze_stem = freeze_stem
         self.with_cp = with_cp
         self.fuse_eval = fuse_eval
         self._warned = set()
@@ -229,9 +234,9 @@ class ConvMixerMM(BaseBackbone):
         return tuple(parsed)
 
     def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.stem, *self.stages[:self.frozen_stages]]
+        frozen = list(self.stages[:self.frozen_stages])
+        if self.freeze_stem:
+            frozen.append(self.stem)
         for module in frozen:
             module.eval()
             for param in module.parameters():
@@ -245,6 +250,10 @@ class ConvMixerMM(BaseBackbone):
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not (self.with_cp and torch.is_grad_enabled()):
             return stage(x)
+        if torch.compiler.is_compiling():
+            # dynamo traces no context_fn, and its recomputation in the
+            # backward graph does not replay the BN statistics updates.
+            return cp.checkpoint(stage, x, use_reentrant=False)
         return cp.checkpoint(
             stage,
             x,
