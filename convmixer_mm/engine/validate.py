@@ -181,7 +181,8 @@ class _Checker:
                 self.check_node(parent, _node(self.cfg, parent), [leaf])
                 continue
             old = node[leaf]
-            for kind in (bool, int, float):
+            # None means "the default" (a random seed, no limit, ...).
+            for kind in (bool, int, float) if value is not None else ():
                 if isinstance(old, kind):
                     if not _type_ok(value, _expected(kind)):
                         raise ConfigError(
