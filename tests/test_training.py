@@ -489,8 +489,11 @@ def test_valid_cfg_options_pass_the_checks():
         'optim_wrapper.optimizer.lr': 1,
         'train_dataloader.persistent_workers': False,
         'param_scheduler.0.by_epoch': True,
+        # Close to 'type', but the optimizer wrapper takes it.
+        'optim_wrapper.dtype': 'bfloat16',
     }
     cfg = launch.load_config(CONFIG)
+    cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
     launch.merge_cfg_options(cfg, options)
     check_config(cfg, launch.load_config(CONFIG), options, CONFIG,
                  ['train_dataloader'])
