@@ -221,6 +221,7 @@ def checkpoint(tmp_path_factory) -> str:
     return str(work_dir / 'epoch_1.pth')
 
 
+@pytest.mark.slow
 def test_bit_rot_in_optimizer_state_is_detected(checkpoint, tmp_path,
                                                 capsys):
     saved = load_checkpoint_file(checkpoint)
@@ -249,6 +250,7 @@ def test_bit_rot_in_optimizer_state_is_detected(checkpoint, tmp_path,
     assert re.fullmatch(r'[0-9a-f]{64}', saved['meta']['tensors_sha256'])
 
 
+@pytest.mark.slow
 def test_checkpoints_without_checksum_still_load(checkpoint, tmp_path):
     saved = load_checkpoint_file(checkpoint)
     foreign = str(tmp_path / 'foreign.pth')
