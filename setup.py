@@ -67,7 +67,7 @@ setup(
     include_package_data=True,
     # The C source of the depthwise conv kernel, compiled at first use.
     package_data={'convmixer_mm': ['.mim/**/*', '.mim/*', 'models/ops/*.c']},
-    python_requires='>=3.8',
+    python_requires='>=3.10',
     license='MIT',
     install_requires=[
         # torch and torchvision are left unpinned so that pip resolves a
@@ -83,7 +83,9 @@ setup(
     extras_require={
         'tests': [
             'pytest', 'timm', 'onnx', 'onnxruntime', 'onnxscript',
-            'tensorboard'
+            'tensorboard', 'openmim',
+            # mim imports pkg_resources, which setuptools 81 removed.
+            'setuptools<81'
         ],
         'mmcv': ['mmcv>=2.0.0,<2.4.0'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],

@@ -9,11 +9,15 @@ Example::
 """
 import argparse
 import sys
+import warnings
 
 import torch
 
-from convmixer_mm.apis import inference_model
-from convmixer_mm.converter import CheckpointError
+# mmcv-lite lacks compiled ops that ConvMixer never uses.
+warnings.filterwarnings('ignore', 'Fail to import ``MultiScaleDeformable')
+from convmixer_mm.apis import classify  # noqa: E402
+from convmixer_mm.cli import run  # noqa: E402
+from convmixer_mm.utils import UserError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,27 +41,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def demo(argv=None) -> None:
     args = parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
-        print(
-            'error: CUDA is not available here: use --device cpu.',
-            file=sys.stderr)
-        return 1
-    try:
-        result = inference_model(
-            args.model,
-            args.img,
-            pretrained=args.pretrained or True,
-            device=args.device,
-            topk=args.topk)
-    except (OSError, ValueError, CheckpointError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+        raise UserError('CUDA is not available here: use --device cpu.')
+    result = classify(
+        args.model,
+        args.img,
+        pretrained=args.pretrained or True,
+        device=args.device,
+        topk=args.topk)
     print(f'{args.img}:')
     for rank, (label, name, score) in enumerate(result['topk'], 1):
         print(f'{rank}. {name} (class {label}): {score:.4f}')
-    return 0
+
+
+def main(argv=None) -> int:
+    return run(demo, argv)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,5 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Reference models for the converter and API tests."""
-import torch
 import torch.nn as nn
 
 
@@ -36,18 +35,3 @@ def official_convmixer(dim,
                 nn.BatchNorm2d(dim)) for _ in range(depth)
         ], nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
         nn.Linear(dim, n_classes))
-
-
-def randomize(model, seed):
-    """Random BN statistics and affine terms, so that parity covers them;
-    returns the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.normal_(1, 0.2, generator=gen)
-                m.bias.normal_(0, 0.2, generator=gen)
-                m.num_batches_tracked.fill_(7)
-    return model.eval()

@@ -1,7 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """FLOPs, training curves, TensorBoard and the comparison study."""
 import glob
-import importlib.util
 import json
 import os.path as osp
 
@@ -13,14 +12,16 @@ from mmengine.config import Config
 from mmpretrain.models.backbones import ConvMixer, VisionTransformer
 from mmpretrain.registry import MODELS
 
-from convmixer_mm.analysis import (Budget, compare, config_complexity,
-                                   count_complexity, epoch_curves,
-                                   load_scalars)
-from convmixer_mm.analysis.compare import apply_budget, train_one
-from convmixer_mm.engine.launch import ConfigError
+from convmixer_mm.apis.complexity import config_complexity, count_complexity
+from convmixer_mm.engine import ConfigError
+from convmixer_mm.devtools.compare import (Budget, apply_budget, compare,
+                                           train_one)
+from convmixer_mm.devtools.curves import epoch_curves, load_scalars
+from conftest import REPO, load_tool
 from convmixer_mm.models import ConvMixerMM
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
 COMPARE = osp.join(REPO, 'configs', 'compare')
 FASHION = [
     osp.join(COMPARE, name) for name in (
@@ -44,14 +45,6 @@ MMPRETRAIN_FLOPS = {
     '1024/20': 5550112768,
     '1536/20': 48713170944,
 }
-
-
-def load_tool(relpath: str):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(relpath))[0], osp.join(REPO, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def analytic_flops(dims: int, depth: int, patch: int, kernel: int,
@@ -261,12 +254,16 @@ def test_plot_curves_tool_on_a_real_run(study, tmp_path, capsys):
 
 
 @needs_fashion_mnist
-def test_use_tensorboard_writes_event_files(tmp_path):
+def test_tensorboard_vis_backend_writes_event_files(tmp_path):
     pytest.importorskip('tensorboard')
     from tensorboard.backend.event_processing.event_accumulator import \
         EventAccumulator
     config = tmp_path / 'resnet_tb.py'
-    config.write_text(f"_base_ = ['{FASHION[1]}']\nuse_tensorboard = True\n")
+    # mmengine's standard way, as documented in the README.
+    config.write_text(
+        f"_base_ = ['{FASHION[1]}']\n"
+        "visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), "
+        "dict(type='TensorboardVisBackend')])\n")
     result = train_one(
         Config.fromfile(str(config)), 'resnet_tb', Budget(1, 32, 32),
         str(tmp_path / 'run'))

@@ -3,17 +3,18 @@
 
 No timing assertions. About 10 s on 2 CPU cores.
 """
-import importlib.util
 import json
 import os.path as osp
+import re
 
 import pytest
 import torch
 
-from convmixer_mm.benchmark import (BenchmarkSettings, CandidateSpec,
-                                    interleaved_times, peak_memory,
-                                    settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
+from conftest import load_tool
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings, CandidateSpec,
+                                             interleaved_times, peak_memory,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CONFIG = """
@@ -27,14 +28,7 @@ model = dict(
 """
 
 
-def load_tool():
-    path = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py')
-    spec = importlib.util.spec_from_file_location('benchmark_tool', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.slow
 def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     config = tmp_path / 'tiny.py'
     config.write_text(TINY_CONFIG)
@@ -43,7 +37,7 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
         'ours+cl+fuse', 'ours', 'ours+cp', 'ours+cl+bf16', 'mmpretrain',
         'timm+cl'
     ]
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/benchmark.py')
     tool.main([
         str(config), '--img-size', '16', '--batch-size', '2', '--rounds',
         '2', '--warmup', '1', '--mode', 'both', '--threads', '2',
@@ -52,6 +46,13 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     ])
     table = capsys.readouterr().out
     assert 'ours+cl+fuse' in table and 'GEMM' in table
+    # Progress: each candidate as it is measured.
+    progress = table
+    for name in candidates:
+        assert f'inference: building and checking {name}\n' in progress
+        assert re.search(rf'inference: {re.escape(name)}: [\d.]+ img/s',
+                         progress)
+    assert 'round 2/2' in progress
 
     report = json.loads(out.read_text())
     assert report['settings']['in_channels'] == 1
@@ -63,7 +64,6 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     assert list(infer) == candidates
     for name, row in infer.items():
         assert row['img_per_s'] > 0 and len(row['times_s']) == 2
-        assert row['peak_mem_bytes'] >= 0
         # Identical weights and inputs: every implementation agrees.
         tol = 3e-2 if row['dtype'] == 'bf16' else 1e-5
         assert row['max_abs_diff'] < tol, name
@@ -83,7 +83,13 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     readme.write_text('# x\n\n## Performance\n\nold text\n\n## Tests\n\nt\n')
     tool.main(['--readme', str(readme), str(out)])
     text = readme.read_text()
+    assert 'Updated the Performance section' in capsys.readouterr().out
     assert 'old text' not in text and text.endswith('## Tests\n\nt\n')
+    # Nothing changed: nothing written, and it says so.
+    mtime = readme.stat().st_mtime_ns
+    tool.main(['--readme', str(readme), str(out)])
+    assert 'already up to date' in capsys.readouterr().out
+    assert readme.stat().st_mtime_ns == mtime
     assert '| `ours+cl+fuse` |' in text and report['machine'] in text
     assert 'Fashion-MNIST config training step' in text
 
@@ -148,14 +154,17 @@ def test_bad_settings_and_configs(tmp_path):
 
 
 def test_tool_main_candidate_follows_flags():
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/benchmark.py')
 
     def main_candidates(*argv):
         return tool.main_candidates(tool.parse_args(['1024/20', *argv]))
 
-    assert main_candidates() == ['ours+cl+fuse']
-    assert main_candidates('--channels-last', 'off', '--fuse', 'off',
+    # By default the model as the configs build it (fused by fuse_eval).
+    assert main_candidates() == ['ours+cl']
+    assert main_candidates('--channels-last', 'off',
                            '--compile', 'on') == ['ours+compile']
     # Fused models cannot train: training times the unfused model.
-    assert main_candidates('--mode', 'train', '--with-cp') == ['ours+cl+cp']
-    assert main_candidates('--mode', 'both') == ['ours+cl+fuse', 'ours+cl']
+    assert main_candidates('--mode', 'train', '--with-cp', '--fuse',
+                           'on') == ['ours+cl+cp']
+    assert main_candidates('--mode', 'both', '--fuse',
+                           'on') == ['ours+cl+fuse', 'ours+cl']

@@ -13,12 +13,14 @@ from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import init_default_scope
 
+from convmixer_mm.cli.launch import train
 from convmixer_mm.engine import (CheckpointError, MixedPrecisionOptimWrapper,
-                                 atomic_save_bytes, check_fits,
-                                 load_checkpoint_file)
+                                 check_fits, load_checkpoint_file)
 from convmixer_mm.engine.checkpoint import SAFE_GLOBALS
-from convmixer_mm.engine.launch import train
+from convmixer_mm.utils import atomic_save_bytes
 from mmpretrain.registry import MODELS
+
+pytestmark = pytest.mark.slow
 
 CONFIG = osp.join(
     osp.dirname(__file__), '..', 'configs', 'convmixer',
@@ -148,7 +150,7 @@ def test_checkpoint_of_another_architecture(checkpoint):
     check_fits(other_head, ckpt, checkpoint, strict=False)
     with pytest.raises(CheckpointError, match='head.fc.weight'):
         check_fits(other_head, ckpt, checkpoint, strict=True)
-    with pytest.raises(CheckpointError, match='no state_dict of tensors'):
+    with pytest.raises(CheckpointError, match='no state dict of tensors'):
         check_fits(other_head, {'state_dict': {'a': 1}}, 'x.pth', True)
 
 
@@ -157,7 +159,7 @@ def test_atomic_save_survives_a_kill(tmp_path):
     torch.save({'state_dict': {'w': torch.ones(3)}}, path)
     # A process killed halfway through writing the new version.
     code = ('import os, signal, sys\n'
-            'from convmixer_mm.engine import atomic_save_bytes\n'
+            'from convmixer_mm.utils import atomic_save_bytes\n'
             'def write(tmp):\n'
             '    with open(tmp, "wb") as f:\n'
             '        f.write(b"PK" * 1000)\n'

@@ -13,8 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
-from convmixer_mm.engine import PiecewiseLinearLR
-from convmixer_mm.engine.launch import build_runner
+from convmixer_mm.engine import PiecewiseLinearLR, build_runner
 from mmpretrain.registry import MODELS, PARAM_SCHEDULERS, TRANSFORMS
 
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', 'configs', 'convmixer')
@@ -49,6 +48,7 @@ def test_configs_are_self_contained():
             assert "'mmpretrain::" not in f.read(), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,timm_name,paper_m,kernel,patch,act,epochs',
                          IMAGENET)
 def test_imagenet_model_matches_timm(stem, timm_name, paper_m, kernel, patch,
@@ -113,7 +113,6 @@ def test_imagenet_recipe(stem, timm_name, paper_m, kernel, patch, act,
     test = {t['type']: t for t in cfg.test_pipeline}
     assert (test['ResizeEdge'].scale, test['ResizeEdge'].interpolation,
             test['CenterCrop'].crop_size) == (233, 'bicubic', 224)
-    assert int(224 / 0.96) == 233
 
     model = cfg.model
     assert model.data_preprocessor.type == 'ConvMixerDataPreprocessor'
@@ -143,6 +142,7 @@ def _fake_imagenet(root: str, n: int = 4) -> None:
         f.write('\n'.join(lines) + '\n')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,timm_name,paper_m,kernel,patch,act,epochs',
                          IMAGENET)
 def test_imagenet_one_training_iteration(tmp_path, stem, timm_name, paper_m,

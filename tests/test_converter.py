@@ -19,12 +19,15 @@ import torch.nn as nn
 from timm.models.convmixer import ConvMixer as TimmConvMixer
 
 import mmpretrain
-from convmixer_mm.apis import get_model, load_weights
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    convert_state_dict, describe_conversion,
-                                    from_mm_layout, to_mm_layout)
-from convmixer_mm.engine.launch import test as run_tools_test
-from official_convmixer import official_convmixer, randomize
+from convmixer_mm.apis import load_model, load_pretrained
+from convmixer_mm.apis.converter import (CheckpointError,
+                                         convert_checkpoint,
+                                         convert_state_dict,
+                                         describe_conversion, from_mm_layout,
+                                         to_mm_layout)
+from convmixer_mm.cli.launch import test as run_tools_test
+from conftest import randomize
+from official_convmixer import official_convmixer
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'convmixer')
@@ -59,6 +62,7 @@ def max_diff(reference, ours, x):
     return (logits_of(reference, x) - logits_of(ours, x)).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', list(VARIANTS))
 def test_imagenet_parity(arch, tmp_path):
     """timm, mmpretrain and official references with random weights,
@@ -83,7 +87,7 @@ def test_imagenet_parity(arch, tmp_path):
     }, tmp_path / 'official.pth.tar')
     meta = convert_checkpoint(
         str(tmp_path / 'official.pth.tar'), str(tmp_path / 'official.pth'))
-    ours = get_model(
+    ours = load_model(
         config_of(arch), pretrained=str(tmp_path / 'official.pth'))
     diffs['official'] = max_diff(official, ours, x)
     del official
@@ -142,7 +146,7 @@ def test_tiny_parity_all_layouts(kernel, tmp_path):
     through every source layout, the wrappers and a ``module.`` prefix."""
     torch.manual_seed(kernel)
     x = torch.randn(2, 3, 32, 32)
-    ours = get_model(
+    ours = load_model(
         config_of('1536/20'),
         backbone=dict(
             arch=dict(
@@ -177,7 +181,7 @@ def test_tiny_parity_all_layouts(kernel, tmp_path):
             str(tmp_path / f'{name}.pth'),
             str(tmp_path / f'{name}_mm.pth'),
             arch=f'16/2/{kernel}/4')
-        load_weights(ours, str(tmp_path / f'{name}_mm.pth'))
+        load_pretrained(ours, str(tmp_path / f'{name}_mm.pth'))
         diff = max_diff(reference, ours, x)
         assert diff <= TOLERANCE, (name, diff)
 
@@ -347,7 +351,7 @@ def test_arch_and_config_mismatch(tmp_path):
         '  head.fc.weight: checkpoint (7, 128) vs model (10, 128)',
         '  head.fc.bias: checkpoint (7,) vs model (10,)',
     ]
-    with pytest.raises(ValueError, match='Unknown arch'):
+    with pytest.raises(ValueError, match='Unknown ConvMixer arch'):
         convert_checkpoint(src, str(tmp_path / 'dst.pth'), arch='big')
     assert sorted(os.listdir(tmp_path)) == ['seven.pth', 'src.pth']
 
@@ -376,6 +380,7 @@ def _fashion_test_images(count):
         count, 1, 28, 28).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_tools_test_evaluates_converted_checkpoint(tmp_path):
     """tools/test.py on a converted timm checkpoint predicts exactly what
     the timm model predicts (on 64 real Fashion-MNIST test images)."""

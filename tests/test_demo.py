@@ -4,7 +4,6 @@
 Budget: about 20 s on a quiet 2-core machine (one subprocess run).
 """
 import gzip
-import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -16,23 +15,16 @@ import pytest
 import torch
 from timm.models.convmixer import ConvMixer as TimmConvMixer
 
-from convmixer_mm.converter import convert_checkpoint
+from conftest import REPO, load_tool
+from convmixer_mm.apis.converter import convert_checkpoint
 from mmpretrain.datasets.categories import FASHIONMNIST_CATEGORITES
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'demo', 'image_demo.py')
 CAT = osp.join(REPO, 'demo', 'chelsea.jpg')
 BOOT = osp.join(REPO, 'demo', 'fashion-mnist_t10k-0_ankle-boot.png')
 FASHION_CONFIG = osp.join(REPO, 'configs', 'convmixer',
                           'convmixer-128-4-p4_1xb128_fashion-mnist.py')
 LINE = re.compile(r'^(\d+)\. (.+) \(class (\d+)\): (\d\.\d{4})$')
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location('image_demo', DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +68,7 @@ def parse(out):
 
 
 def test_prints_topk(checkpoint, capsys):
-    demo = load_demo()
+    demo = load_tool('demo/image_demo.py')
     assert demo.main([
         BOOT, FASHION_CONFIG, '--pretrained', checkpoint, '--topk', '3',
         '--device', 'cpu'
@@ -91,6 +83,7 @@ def test_prints_topk(checkpoint, capsys):
         assert name == FASHIONMNIST_CATEGORITES[label]
 
 
+@pytest.mark.slow
 def test_runs_as_a_command(checkpoint):
     """As tools/main.sh calls it."""
     done = subprocess.run([
@@ -125,7 +118,8 @@ def test_bad_input(case, match, checkpoint, tmp_path, capsys):
          str(tmp_path / 'missing.pth')],
         'no-weights': [CAT, FASHION_CONFIG],
     }[case]
-    assert load_demo().main(argv + ['--device', 'cpu']) == 1
+    demo = load_tool('demo/image_demo.py')
+    assert demo.main(argv + ['--device', 'cpu']) == 1
     captured = capsys.readouterr()
     assert captured.out == ''
     assert re.search(match, captured.err), captured.err
@@ -134,5 +128,6 @@ def test_bad_input(case, match, checkpoint, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available')
 def test_cuda_without_a_gpu(capsys):
-    assert load_demo().main([CAT, FASHION_CONFIG, '--device', 'cuda']) == 1
+    demo = load_tool('demo/image_demo.py')
+    assert demo.main([CAT, FASHION_CONFIG, '--device', 'cuda']) == 1
     assert 'CUDA is not available' in capsys.readouterr().err

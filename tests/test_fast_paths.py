@@ -1,21 +1,27 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Fast paths keep the numerics of the fp32 reference.
 
-Stated tolerances (max abs logit error over max abs logit):
-fuse_convmixer and channels_last in fp32 1e-5; bf16 autocast 3e-2.
-(with_cp is tested in test_models.py.) Tiny models, CPU, seconds.
+Stated tolerances (max abs logit error over max abs logit): the default
+fused eval path, fuse_convmixer and channels_last in fp32 1e-5; bf16
+autocast 3e-2. The unfused reference is the same model run with gradients
+on, where it never fuses. (with_cp is tested in test_models.py.) Tiny
+models, CPU, seconds.
 """
 import copy
+import glob
+import os.path as osp
 import types
 
 import pytest
 import torch
 import torch.nn as nn
 
-from convmixer_mm.benchmark import randomize_bn
-from convmixer_mm.models import (CompileModelHook, ConvMixerDataPreprocessor,
-                                 ConvMixerMM, fuse_convmixer)
+from conftest import randomize, tiny_classifier
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
+                                 fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
+from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
 TINY = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=5)
@@ -26,31 +32,122 @@ BF16_TOL = 3e-2
 def build_classifier(arch: dict = TINY, act: str = 'GELU',
                      seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='ConvMixerMM', arch=arch, act_cfg=dict(type=act)),
-            head=dict(
-                type='ConvMixerClsHead',
-                num_classes=10,
-                in_channels=arch['embed_dims'])))
-    # Random BN statistics: with the defaults (mean 0, var 1) BN is
-    # nearly the identity and folding mistakes would go unnoticed.
-    randomize_bn(model, torch.Generator().manual_seed(seed))
-    return model.eval()
+    return randomize(tiny_classifier(arch, act_cfg=dict(type=act)), seed)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref).abs().max() / ref.abs().max()).item()
 
 
+def unfused(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The plain eval-mode forward: with gradients on nothing is fused."""
+    with torch.enable_grad():
+        return model(x, mode='tensor').detach()
+
+
+def fused(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The default inference forward, asserting that it ran fused."""
+    model.backbone.__dict__.pop('_fused', None)
+    with torch.no_grad():
+        out = model(x, mode='tensor')
+    assert '_fused' in model.backbone.__dict__, 'the fused path did not run'
+    return out
+
+
+CONFIGS = sorted(
+    glob.glob(
+        osp.join(osp.dirname(__file__), '..', 'configs', 'convmixer',
+                 '*.py')))
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=osp.basename)
+def test_default_eval_path_matches_unfused_for_every_shipped_arch(config):
+    """Each shipped model (kernel, patch, activation, channels, layout as
+    configured; width and depth shrunk) infers fused and exactly."""
+    cfg = Config.fromfile(config).model
+    arch = ConvMixerMM.parse_arch(cfg.backbone.get('arch', '768/32'))
+    arch.update(embed_dims=16, depth=2)
+    cfg.backbone.arch = arch
+    cfg.head.in_channels = 16
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    randomize(model, 0)
+    model.eval()
+    channels = cfg.backbone.get('in_channels', 3)
+    size = 8 * arch['patch_size']
+    inputs = [torch.randint(0, 256, (channels, size, size),
+                            dtype=torch.uint8) for _ in range(3)]
+    x = model.data_preprocessor(dict(inputs=inputs))['inputs']
+    assert rel_err(fused(model, x), unfused(model, x)) < FP32_TOL
+
+
+def test_fuse_eval_switch_and_unchanged_state_dict():
+    model = build_classifier()
+    x = torch.randn(2, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused(model, x)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    off = build_classifier()
+    off.backbone.fuse_eval = False
+    with torch.no_grad():
+        off(x, mode='tensor')
+    assert '_fused' not in off.backbone.__dict__
+    built = MODELS.build(
+        dict(type='ConvMixerMM', arch=TINY, fuse_eval=False))
+    assert built.fuse_eval is False
+    assert list(built.state_dict()) == list(model.backbone.state_dict())
+
+
+def test_fused_cache_follows_training_and_loading():
+    """train -> eval -> optimizer step -> eval gives fresh results."""
+    model = build_classifier()
+    x = torch.randn(4, 3, 32, 32)
+    first = fused(model, x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    model(x, mode='tensor').square().mean().backward()  # BN stats move too
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        second = model(x, mode='tensor')
+    assert rel_err(second, first) > 1e-3, 'stale fused weights were used'
+    assert rel_err(second, unfused(model, x)) < FP32_TOL
+    other = build_classifier(seed=1)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        third = model(x, mode='tensor')
+    assert rel_err(third, unfused(other, x)) < FP32_TOL
+    # A deep copy (EMA hooks, checkpoints) drops the cache, not the model.
+    clone = copy.deepcopy(model)
+    assert '_fused' not in clone.backbone.__dict__
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x, mode='tensor'), third)
+
+
+def test_default_eval_path_with_compile_and_with_cp():
+    model = build_classifier()
+    x = torch.randn(2, 3, 32, 32)
+    ref = unfused(model, x)
+    backbone = model.backbone
+    with torch.no_grad():
+        # dynamo traces the plain modules (and inductor fuses them itself).
+        compiled = torch.compile(backbone, backend='eager')(x)[0]
+    assert '_fused' not in backbone.__dict__
+    with torch.enable_grad():
+        torch.testing.assert_close(compiled, backbone(x)[0].detach())
+    cp = build_classifier()
+    cp.backbone.with_cp = True
+    assert rel_err(fused(cp, x), ref) < FP32_TOL
+
+
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_fuse_matches_unfused_fp32(channels_last):
     model = build_classifier()
     x = torch.randn(3, 3, 32, 32)
+    ref = unfused(model, x)
     with torch.no_grad():
-        ref = model(x, mode='tensor')
         fused = fuse_convmixer(copy.deepcopy(model))
         if channels_last:
             fused = fused.to(memory_format=torch.channels_last)
@@ -64,14 +161,24 @@ def test_fuse_matches_unfused_fp32(channels_last):
         assert rel_err(fused(x, mode='tensor'), ref) > 10 * FP32_TOL
 
 
+@pytest.mark.parametrize('act,kernel', [('ReLU', 3), ('GELU', 4)])
+def test_fuse_relu_and_even_kernels(act, kernel):
+    model = build_classifier(dict(TINY, kernel_size=kernel), act=act)
+    x = torch.randn(2, 3, 31, 29)
+    ref = unfused(model, x)
+    with torch.no_grad():
+        out = fuse_convmixer(model)(x, mode='tensor')
+    assert rel_err(out, ref) < FP32_TOL
+
+
 def test_fuse_keeps_every_out_index_and_odd_kernels():
     arch = dict(embed_dims=8, depth=3, patch_size=2, kernel_size=3)
     torch.manual_seed(1)
     backbone = ConvMixerMM(arch=arch, out_indices=(0, 1, 2)).eval()
-    randomize_bn(backbone, torch.Generator().manual_seed(1))
+    randomize(backbone, 1)
     x = torch.randn(2, 3, 12, 12)
+    refs = backbone(x)
     with torch.no_grad():
-        refs = backbone(x)
         outs = fuse_convmixer(copy.deepcopy(backbone))(x)
     assert len(outs) == 3
     for out, ref in zip(outs, refs):
@@ -88,14 +195,14 @@ def test_fused_packed_weights_follow_load_state_dict():
         fused_other = fuse_convmixer(copy.deepcopy(other))
         fused.load_state_dict(fused_other.state_dict())
         assert rel_err(fused(x, mode='tensor'),
-                       other(x, mode='tensor')) < FP32_TOL
+                       unfused(other, x)) < FP32_TOL
 
 
 def test_fuse_bf16_autocast_within_tolerance():
     model = build_classifier()
     x = torch.randn(2, 3, 32, 32)
+    ref = unfused(model, x)
     with torch.no_grad():
-        ref = model(x, mode='tensor')
         fused = fuse_convmixer(copy.deepcopy(model))
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = fused(x, mode='tensor')
@@ -126,13 +233,10 @@ def test_fuse_refuses_what_it_cannot_fuse():
     model = build_classifier()
     with pytest.raises(RuntimeError, match='eval-mode'):
         fuse_convmixer(model.train())
-    with pytest.raises(TypeError, match='exact GELU'):
-        fuse_convmixer(build_classifier(act='ReLU'))
+    with pytest.raises(TypeError, match='exact GELU or ReLU'):
+        fuse_convmixer(build_classifier(act='SiLU'))
     with pytest.raises(TypeError, match='No ConvMixerMM'):
         fuse_convmixer(nn.Conv2d(3, 3, 1).eval())
-    even = dict(TINY, kernel_size=4)
-    with pytest.raises(TypeError, match='odd kernels'):
-        fuse_convmixer(build_classifier(arch=even))
     with pytest.raises(TypeError, match='drop path'):
         fuse_convmixer(
             ConvMixerMM(arch=TINY, drop_path_rate=0.1).eval())
@@ -151,6 +255,7 @@ def test_fused_model_is_inference_only():
 
 
 
+@pytest.mark.slow
 def test_compile_hook_compiles_in_place_and_keeps_keys():
     model = build_classifier()
     keys = list(model.state_dict())

@@ -2,6 +2,7 @@
 """The backbone and head: architecture, contract and parity with timm."""
 import copy
 import doctest
+import warnings
 
 import pytest
 import timm
@@ -11,6 +12,8 @@ from mmengine.config import Config
 from timm.models.convmixer import ConvMixer as TimmConvMixer
 
 import convmixer_mm
+from conftest import randomize, tiny_classifier
+from convmixer_mm.engine.checkpoint import to_mm_layout
 from convmixer_mm.models import ConvMixerClsHead, ConvMixerMM
 from convmixer_mm.models import convmixer as convmixer_module
 from convmixer_mm.models import head as head_module
@@ -27,54 +30,16 @@ TIMM_NAMES = {
 }
 
 
-def build_classifier(arch, num_classes=10, **backbone_kwargs):
-    dims = arch['embed_dims'] if isinstance(arch, dict) else int(
-        arch.split('/')[0])
-    return MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(type='ConvMixerMM', arch=arch, **backbone_kwargs),
-            head=dict(
-                type='ConvMixerClsHead',
-                num_classes=num_classes,
-                in_channels=dims)))
-
-
-def timm_to_ours(state_dict):
-    """Rename timm keys by prefix; the nesting below them is the same."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith('head.'):
-            key = 'head.fc.' + key[len('head.'):]
-        elif key.startswith('blocks.'):
-            key = 'backbone.stages.' + key[len('blocks.'):]
-        else:
-            key = 'backbone.' + key
-        out[key] = value
-    return out
-
-
-def randomize_bn(model):
-    """Give BN non-trivial statistics so parity tests exercise them."""
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
-            m.running_var.copy_(
-                torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
-
-
 def test_docstring_examples():
     for module in (convmixer_module, head_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', list(PARAMS))
 def test_imagenet_param_counts_and_shapes(arch):
-    model = build_classifier(arch, num_classes=1000)
+    model = tiny_classifier(arch, num_classes=1000)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[arch]
     backbone = model.backbone
     size = 2 * backbone.patch_size
@@ -97,7 +62,7 @@ def test_imagenet_activations_and_kernels():
 
 
 def test_state_dict_keys_follow_official_nesting():
-    keys = set(build_classifier(TINY).state_dict())
+    keys = set(tiny_classifier(TINY).state_dict())
     for key in ('backbone.stem.0.weight', 'backbone.stem.2.running_mean',
                 'backbone.stages.1.0.fn.0.bias',
                 'backbone.stages.1.0.fn.2.weight',
@@ -105,7 +70,7 @@ def test_state_dict_keys_follow_official_nesting():
                 'head.fc.weight', 'head.fc.bias'):
         assert key in keys
     # Every conv carries a bias, as in the official model.
-    convs = [m for m in build_classifier(TINY).modules()
+    convs = [m for m in tiny_classifier(TINY).modules()
              if isinstance(m, nn.Conv2d)]
     assert convs and all(m.bias is not None for m in convs)
 
@@ -122,6 +87,7 @@ def test_out_indices_and_shapes(size):
     assert not torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', list(TIMM_NAMES))
 def test_logits_match_timm_imagenet(arch):
     ref = timm.create_model(TIMM_NAMES[arch], pretrained=False).eval()
@@ -129,8 +95,8 @@ def test_logits_match_timm_imagenet(arch):
     if arch == '768/32':
         # timm builds 768/32 with GELU; the released weights need ReLU.
         ref = TimmConvMixer(768, 32, 7, 7, act_layer=nn.ReLU).eval()
-    ours = build_classifier(arch, num_classes=1000, act_cfg=act).eval()
-    ours.load_state_dict(timm_to_ours(ref.state_dict()), strict=True)
+    ours = tiny_classifier(arch, num_classes=1000, act_cfg=act).eval()
+    ours.load_state_dict(to_mm_layout(ref.state_dict())[0], strict=True)
     size = 2 * ours.backbone.patch_size
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
@@ -142,10 +108,10 @@ def test_logits_match_timm_imagenet(arch):
 def test_logits_match_timm_tiny_even_and_odd_kernels(kernel_size):
     torch.manual_seed(0)
     ref = TimmConvMixer(16, 2, kernel_size, 2, num_classes=10).eval()
-    randomize_bn(ref)
+    randomize(ref, 0)
     arch = dict(embed_dims=16, depth=2, patch_size=2, kernel_size=kernel_size)
-    ours = build_classifier(arch).eval()
-    ours.load_state_dict(timm_to_ours(ref.state_dict()), strict=True)
+    ours = tiny_classifier(arch).eval()
+    ours.load_state_dict(to_mm_layout(ref.state_dict())[0], strict=True)
     x = torch.randn(3, 3, 17, 20)
     with torch.no_grad():
         assert torch.allclose(ours(x), ref(x), atol=1e-5, rtol=0)
@@ -155,6 +121,7 @@ def test_logits_match_timm_tiny_even_and_odd_kernels(kernel_size):
     assert torch.allclose(ours(x), ref(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_both_convmixers_live_in_one_process():
     from mmpretrain.models.backbones import ConvMixer as BuiltinConvMixer
     ours = MODELS.build(dict(type='ConvMixerMM', arch='1024/20'))
@@ -189,12 +156,17 @@ def test_builds_from_config_with_custom_imports(tmp_path):
     assert convmixer_mm.__version__
 
 
-@pytest.mark.parametrize('frozen_stages', [0, 1, 2])
-def test_frozen_stages(frozen_stages):
-    model = ConvMixerMM(TINY, frozen_stages=frozen_stages)
+@pytest.mark.parametrize('frozen_stages, freeze_stem', [(0, True), (1, False),
+                                                        (2, False), (2, True)])
+def test_frozen_stages(frozen_stages, freeze_stem):
+    # mmpretrain's meaning: k freezes stages[0..k-1]; the stem has its own
+    # switch.
+    model = ConvMixerMM(
+        TINY, frozen_stages=frozen_stages, freeze_stem=freeze_stem)
     assert model.train() is model
-    frozen = [model.stem, *model.stages[:frozen_stages]]
+    frozen = list(model.stages[:frozen_stages])
     trainable = list(model.stages[frozen_stages:])
+    (frozen if freeze_stem else trainable).append(model.stem)
     for module in frozen:
         assert all(not p.requires_grad for p in module.parameters())
         assert all(not m.training for m in module.modules())
@@ -204,7 +176,19 @@ def test_frozen_stages(frozen_stages):
     # Frozen BN statistics do not move during a training forward.
     before = model.stem[2].running_mean.clone()
     model(torch.randn(2, 3, 16, 16) * 5 + 3)
-    assert torch.equal(model.stem[2].running_mean, before)
+    assert torch.equal(model.stem[2].running_mean, before) == freeze_stem
+
+
+def test_frozen_stages_matches_mmpretrain():
+    ours = ConvMixerMM(TINY, frozen_stages=1).train()
+    theirs = MODELS.build(dict(type='ConvMixer', arch=TINY, frozen_stages=1))
+    theirs.train()  # returns None
+    assert ([n for n, p in ours.named_parameters() if p.requires_grad] ==
+            [n for n, p in theirs.named_parameters() if p.requires_grad])
+    assert ([n for n, m in ours.named_modules()
+             if isinstance(m, nn.BatchNorm2d) and m.training] ==
+            [n for n, m in theirs.named_modules()
+             if isinstance(m, nn.BatchNorm2d) and m.training])
 
 
 def test_no_freezing_by_default():
@@ -311,7 +295,7 @@ def test_bad_out_indices(out_indices):
         ConvMixerMM(TINY, out_indices=out_indices)
 
 
-@pytest.mark.parametrize('frozen_stages', [3, -2])
+@pytest.mark.parametrize('frozen_stages', [3, -1])
 def test_bad_frozen_stages(frozen_stages):
     with pytest.raises(ValueError, match=r'frozen_stages=.*out of range'):
         ConvMixerMM(TINY, frozen_stages=frozen_stages)
@@ -328,3 +312,34 @@ def test_bad_input_channels():
     with pytest.raises(ValueError, match=r'expects input of shape \(B, 1, '
                        r'H, W\), got \(2, 3, 16, 16\).*in_channels'):
         model(torch.randn(2, 3, 16, 16))
+
+
+def test_patch_larger_than_the_image_is_refused():
+    model = ConvMixerMM(dict(TINY, patch_size=32))
+    with pytest.raises(
+            ValueError,
+            match=r'patch_size=32 is larger than the input image \(28, 28\)'):
+        model(torch.rand(1, 3, 28, 28))
+
+
+def test_kernel_beyond_the_token_grid():
+    """Taps past 2 * grid - 1 read only padding: a warning (once), and the
+    output is that of the kernel cropped to the grid; far past, an error."""
+    x = torch.rand(2, 3, 28, 28)
+    with pytest.raises(ValueError, match='kernel_size=100 on the 7x7 token'):
+        ConvMixerMM(dict(TINY, kernel_size=100))(x)
+    wide = ConvMixerMM(dict(TINY, kernel_size=15)).eval()
+    with pytest.warns(UserWarning, match='taps beyond 13x13 read only zero'):
+        wide(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with torch.no_grad():
+            out = wide(x)[0]
+    cropped = ConvMixerMM(dict(TINY, kernel_size=13)).eval()
+    state = {
+        k: v[..., 1:-1, 1:-1] if v.shape[-2:] == (15, 15) else v
+        for k, v in wide.state_dict().items()
+    }
+    cropped.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(cropped(x)[0], out)

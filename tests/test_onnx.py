@@ -1,6 +1,5 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """ONNX export: onnxruntime agrees with PyTorch; bad input fails cleanly."""
-import importlib.util
 import os
 import os.path as osp
 
@@ -14,12 +13,12 @@ pytest.importorskip('onnxscript')
 import onnxruntime as ort  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
-from convmixer_mm.deploy import (ExportError, build_classifier,  # noqa: E402
-                                 export_onnx, opset_of)
-from convmixer_mm.engine import CheckpointError  # noqa: E402
-from convmixer_mm.engine.launch import ConfigError  # noqa: E402
+from conftest import load_tool  # noqa: E402
+from convmixer_mm.apis.onnx_export import (  # noqa: E402
+    ExportError, build_classifier, export_onnx, opset_of)
+from convmixer_mm.engine import CheckpointError, ConfigError  # noqa: E402
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow
 
 
 def tiny_classifier(kernel_size: int) -> dict:
@@ -55,14 +54,6 @@ def build(kernel_size: int) -> torch.nn.Module:
 def run_onnx(path: str, inputs: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     return session.run(None, {'input': inputs.numpy()})[0]
-
-
-def load_tool(relpath: str):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(relpath))[0], osp.join(REPO, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize('kernel_size', [3, 4])
@@ -167,7 +158,7 @@ def test_bad_output_and_opset(tmp_path):
         export_onnx(model, str(tmp_path / 'dir.onnx'), (28, 28))
     existing = tmp_path / 'old.onnx'
     existing.write_bytes(b'keep me')
-    with pytest.raises(FileExistsError, match='--overwrite'):
+    with pytest.raises(FileExistsError, match='pass --force'):
         export_onnx(model, str(existing), (28, 28))
     assert existing.read_bytes() == b'keep me'
     with pytest.raises(ValueError, match=r'input_shape=\(1, 28, 28, 1\)'):
@@ -184,6 +175,6 @@ def test_failed_check_leaves_nothing_behind(tmp_path):
             build(4),
             str(existing), (28, 28),
             atol=1e-12,
-            overwrite=True)
+            force=True)
     assert os.listdir(tmp_path) == ['model.onnx']
     assert existing.read_bytes() == b'previous export'

@@ -11,6 +11,8 @@ import pytest
 
 import convmixer_mm
 
+pytestmark = pytest.mark.slow
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PKG = osp.dirname(convmixer_mm.__file__)
 

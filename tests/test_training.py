@@ -16,7 +16,7 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from convmixer_mm.engine import launch
+from convmixer_mm.cli import launch
 
 ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
 CONFIG = osp.join(ROOT, 'configs', 'convmixer',
@@ -30,9 +30,12 @@ SUBSET = [
 # Measured here: 76.8% top-1 (78.1% with batch 64); chance is 10%.
 MIN_ACCURACY = 70.0
 
-pytestmark = pytest.mark.skipif(
-    not osp.isdir('/usr/share/datasets/fashion-mnist'),
-    reason='needs dataset-fashion-mnist (bash tools/install.sh)')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not osp.isdir('/usr/share/datasets/fashion-mnist'),
+        reason='needs dataset-fashion-mnist (bash tools/install.sh)')
+]
 
 
 def run_tool(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -51,7 +54,7 @@ def accuracies(log: str) -> list:
 def trained(tmp_path_factory):
     work_dir = str(tmp_path_factory.mktemp('train'))
     result = run_tool('tools/train.py', CONFIG, '--work-dir', work_dir,
-                      '--cfg-options', *SUBSET, 'use_tensorboard=True')
+                      '--cfg-options', *SUBSET)
     assert result.returncode == 0, result.stderr[-3000:]
     return work_dir, result.stdout + result.stderr
 
@@ -63,10 +66,8 @@ def test_train_reaches_accuracy(trained):
     assert accs[-1] >= MIN_ACCURACY
     assert re.search(r'Epoch\(train\) \[2\]\[40/40\].*eta: 0:00:00', log)
     assert osp.isfile(osp.join(work_dir, 'epoch_2.pth'))
-    # use_tensorboard=True: event files beside scalars.json.
     vis_data = glob.glob(osp.join(work_dir, '*', 'vis_data'))
     assert len(vis_data) == 1
-    assert glob.glob(osp.join(vis_data[0], 'events.out.tfevents.*'))
     assert osp.isfile(osp.join(vis_data[0], 'scalars.json'))
 
 
@@ -158,6 +159,130 @@ def test_dist_train_two_processes_on_cpu(tmp_path):
     assert osp.isfile(tmp_path / 'epoch_1.pth')
 
 
+def _children(pid: int, name: str) -> list:
+    """The live child processes of ``pid`` whose command line has
+    ``name``."""
+    found = []
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            with open(stat) as f:
+                fields = f.read().rpartition(')')[2].split()
+            with open(stat.replace('stat', 'cmdline'), 'rb') as f:
+                cmdline = f.read().decode(errors='replace')
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != 'Z' and name in cmdline:
+            found.append(int(stat.split('/')[2]))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rpartition(')')[2].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _dist_train(work_dir, *args: str, **kwargs):
+    """``tools/dist_train.sh CONFIG 2`` on CPU (gloo), as a process."""
+    env = dict(os.environ, PORT=str(free_port()))
+    return subprocess.Popen([
+        'bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
+        str(work_dir), '--no-validate', *args
+    ],
+                            cwd=ROOT,
+                            env=env,
+                            **kwargs)
+
+
+def _torchrun_and_workers(script: subprocess.Popen) -> tuple:
+    """Wait until torchrun has started both workers; their pids."""
+    found = {}
+
+    def started():
+        found['agent'] = _children(script.pid, 'torch.distributed.run')
+        found['workers'] = [
+            pid for agent in found['agent']
+            for pid in _children(agent, 'train.py')
+        ]
+        return len(found['workers']) == 2
+
+    assert _wait_for(started, 300), 'torchrun did not start two workers'
+    [agent] = found['agent']
+    return agent, found['workers']
+
+
+@pytest.mark.slow
+def test_dist_train_ends_when_a_worker_dies_and_resumes(tmp_path):
+    """kill -9 of one worker ends the whole run within seconds (not a
+    hang in the other worker's all-reduce), and --resume continues."""
+    options = [
+        '--cfg-options', 'train_dataloader.dataset.indices=1024',
+        'train_cfg.max_epochs=4'
+    ]
+    script = _dist_train(
+        tmp_path,
+        *options,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        _, workers = _torchrun_and_workers(script)
+        assert _wait_for(lambda: osp.exists(tmp_path / 'epoch_1.pth'), 600)
+        os.kill(workers[1], signal.SIGKILL)
+        # Generous on a loaded machine; a hang would never end.
+        assert script.wait(timeout=120) != 0
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert not osp.exists(tmp_path / 'epoch_4.pth')
+    resumed = _dist_train(
+        tmp_path,
+        '--resume',
+        *options,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True)
+    log = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    assert re.search(r'resumed epoch: [123], iter: ', log)
+    assert osp.isfile(tmp_path / 'epoch_4.pth')
+
+
+@pytest.mark.slow
+def test_workers_exit_when_torchrun_is_killed(tmp_path):
+    """kill -9 of torchrun must not leave its workers training."""
+    script = _dist_train(
+        tmp_path,
+        '--cfg-options',
+        'train_dataloader.dataset.indices=1024',
+        'train_cfg.max_epochs=1000',
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    agent, workers = None, []
+    try:
+        agent, workers = _torchrun_and_workers(script)
+        # Training has started once the first checkpoint is written.
+        assert _wait_for(lambda: osp.exists(tmp_path / 'epoch_1.pth'), 600)
+        os.kill(agent, signal.SIGKILL)
+        assert _wait_for(lambda: not any(map(_alive, workers)), 30), \
+            'the workers outlived torchrun'
+    finally:
+        for pid in [p for p in [agent, *workers] if p and _alive(p)]:
+            os.kill(pid, signal.SIGKILL)
+        script.wait(timeout=60)
+
+
 @pytest.fixture
 def capsys(capsys):
     """pytest's ``capsys``, forgetting mmengine's loggers afterwards.
@@ -207,7 +332,7 @@ def test_bad_checkpoints(trained, tmp_path, capsys):
         CONFIG,
         str(truncated), '--work-dir',
         str(tmp_path / 'w1'), '--out',
-        str(out)
+        str(out), '--force'
     ]) == 1
     assert 'is corrupt or truncated' in _error_line(capsys)
     assert out.read_bytes() == b'earlier results'
@@ -253,3 +378,120 @@ def test_invalid_cfg_options(tmp_path, capsys):
     ]) == 1
     assert "Unknown ConvMixer arch '999/9'" in _error_line(capsys)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('option, message', [
+    ('train_cfg.max_epoch=2', "the config has no 'train_cfg.max_epoch'. "
+     'Did you mean train_cfg.max_epochs?'),
+    ('train_dataloader.batch_sizee=64', 'Did you mean '
+     'train_dataloader.batch_size?'),
+    ('train_cfg.max_epochs=abc', 'train_cfg.max_epochs must be of type int'),
+    ('train_cfg.max_epochs=2.5', 'train_cfg.max_epochs must be of type int'),
+    ('train_dataloader.dataset.indicess=10',
+     "FashionMNISTIDX takes no argument 'indicess'; it takes indices"),
+    ('train_dataloader.num_workerz=1', 'Did you mean '
+     'train_dataloader.num_workers?'),
+    ('model.backbone.drop_pth_rate=0.1',
+     "ConvMixerMM takes no argument 'drop_pth_rate'; it takes "
+     'drop_path_rate'),
+    ('optim_wrapper.optimizer.lr=fast', 'optim_wrapper.optimizer.lr must '
+     'be of type float'),
+])
+def test_bad_cfg_options_fail_before_writing(option, message, tmp_path,
+                                             capsys):
+    work_dir = tmp_path / 'work'
+    assert launch.train([CONFIG, '--work-dir',
+                         str(work_dir), '--cfg-options', option]) == 1
+    line = _error_line(capsys)
+    assert line.startswith(f'error: --cfg-options {option}: '), line
+    assert message in line
+    assert not work_dir.exists()
+
+
+@pytest.mark.parametrize('override, message', [
+    ("train_cfg = dict(max_epochs='abc')",
+     "train_cfg.max_epochs='abc' in the config file {}: max_epochs must be "
+     'of type int. Fix the config file.'),
+    ('train_dataloader = dict(batch_sizee=3)',
+     "train_dataloader.batch_sizee=3 in the config file {}: DataLoader "
+     "takes no argument 'batch_sizee'; it takes batch_size"),
+    ("model = dict(backbone=dict(arch='9/9'))",
+     "the model of the config file {} does not build: Unknown ConvMixer "
+     "arch '9/9'"),
+])
+def test_bad_values_in_the_config_file_are_blamed_on_it(
+        override, message, tmp_path, capsys):
+    config = tmp_path / 'bad.py'
+    config.write_text(f'_base_ = {CONFIG!r}\n{override}\n')
+    work_dir = tmp_path / 'work'
+    # An unrelated, valid option must not take the blame.
+    assert launch.train([
+        str(config), '--work-dir',
+        str(work_dir), '--cfg-options', 'train_dataloader.dataset.indices=8'
+    ]) == 1
+    line = _error_line(capsys)
+    assert line.startswith('error: ' + message.format(config)), line
+    assert not work_dir.exists()
+
+
+def test_missing_imagenet_fails_before_writing(tmp_path, capsys):
+    """The README's evaluation command without data/imagenet."""
+    checkpoint = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {}}, checkpoint)
+    imagenet = osp.join(ROOT, 'configs', 'convmixer',
+                        'convmixer-768-32_10xb64_in1k.py')
+    work_dir = tmp_path / 'work'
+    root = str(tmp_path / 'imagenet')
+    assert launch.test([
+        imagenet,
+        str(checkpoint), '--work-dir',
+        str(work_dir), '--cfg-options',
+        f'test_dataloader.dataset.data_root={root}'
+    ]) == 1
+    line = _error_line(capsys)
+    assert line == (
+        f'error: {root!r} does not exist: put the data set there or set '
+        'test_dataloader.dataset.data_root=DIR with --cfg-options '
+        f'(test_dataloader.dataset from --cfg-options '
+        f'test_dataloader.dataset.data_root={root}).')
+    assert not work_dir.exists()
+
+
+def test_every_shipped_config_passes_the_checks(tmp_path):
+    """No false alarm: with its data in place, each config is accepted."""
+    from convmixer_mm.engine.validate import check_config
+    fields = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    for path in sorted(
+            glob.glob(osp.join(ROOT, 'configs', '[!_]*', '[!_]*.py'))):
+        cfg = launch.load_config(path)
+        for field in fields:
+            if cfg.get(field) is None:
+                continue
+            dataset = cfg[field].dataset
+            if dataset.get('data_root', '').startswith('data/'):
+                root = tmp_path / osp.basename(dataset.data_root)
+                for split in ('train', 'val'):
+                    (root / split).mkdir(parents=True, exist_ok=True)
+                dataset.data_root = str(root)
+        check_config(cfg, launch.load_config(path), None, path, fields)
+
+
+def test_valid_cfg_options_pass_the_checks():
+    """New keys the receiving class takes, None for "the default" and an
+    int for a float are no errors."""
+    from convmixer_mm.engine.validate import check_config
+    options = {
+        'randomness.seed': None,
+        'model.backbone.drop_path_rate': 0.1,
+        'train_dataloader.dataset.indices': 8,
+        'optim_wrapper.optimizer.lr': 1,
+        'train_dataloader.persistent_workers': False,
+        'param_scheduler.0.by_epoch': True,
+        # Close to 'type', but the optimizer wrapper takes it.
+        'optim_wrapper.dtype': 'bfloat16',
+    }
+    cfg = launch.load_config(CONFIG)
+    cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+    launch.merge_cfg_options(cfg, options)
+    check_config(cfg, launch.load_config(CONFIG), options, CONFIG,
+                 ['train_dataloader'])

@@ -2,11 +2,14 @@
 """Train a model from a config: ``python tools/train.py CONFIG [options]``.
 
 The command line is mmpretrain's; ``--help`` lists it. The logic lives in
-:mod:`convmixer_mm.engine.launch`.
+:mod:`convmixer_mm.cli.launch`.
 """
 import sys
+import warnings
 
-from convmixer_mm.engine.launch import train
+# mmcv-lite lacks compiled ops that ConvMixer never uses.
+warnings.filterwarnings('ignore', 'Fail to import ``MultiScaleDeformable')
+from convmixer_mm.cli.launch import train  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(train())

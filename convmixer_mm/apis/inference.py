@@ -1,43 +1,43 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""``get_model`` and ``inference_model`` with checks around mmpretrain's.
+"""``load_model`` and ``classify``: mmpretrain's ``get_model`` and
+``inference_model`` with checks.
 
-mmpretrain's own functions work with our names too; these add what a
-user needs when something is wrong: a missing weight file names the URL
-and the conversion command, a checkpoint of any layout (official, timm,
-mmpretrain) is converted on the fly, mismatched shapes are listed key by
-key, and weights trained with another activation than the config's are
-refused instead of silently giving wrong predictions.
+mmpretrain's own functions work with our names too (and keep their own
+behaviour); these add what a user needs when something is wrong: a missing
+weight file names the URL and the conversion command, a checkpoint of any
+layout (official, timm, mmpretrain) is converted on the fly, mismatched
+shapes are listed key by key, and weights trained with another activation
+than the config's are refused instead of silently giving wrong
+predictions.
 """
 import os.path as osp
+import warnings
 from os import PathLike
 from typing import Any, List, Optional, Tuple, Union
 
 import cv2
-import mmcv
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader
+from PIL import Image
 
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
-from ..converter import (CheckpointError, convert_state_dict,
-                         format_mismatches, load_any_checkpoint,
-                         shape_mismatches)
+from ..datasets.transforms import to_channels
+from ..engine.checkpoint import (CheckpointError, format_mismatches,
+                                 is_remote, load_checkpoint_file, load_weights,
+                                 mismatches)
+from .converter import convert_state_dict
 from .hub import WeightsNotFoundError, missing_weights_message
 
 ModelType = Union[str, PathLike, Config]
 
 
-def _is_url(path: str) -> bool:
-    return '://' in path
-
-
-def get_model(model: ModelType,
-              pretrained: Union[bool, str, PathLike] = False,
-              device: Union[str, torch.device, None] = None,
-              **kwargs) -> BaseModel:
+def load_model(model: ModelType,
+               pretrained: Union[bool, str, PathLike] = False,
+               device: Union[str, torch.device, None] = None,
+               **kwargs) -> BaseModel:
     """Build a model by name or config, with checked pretrained weights.
 
     Args:
@@ -63,7 +63,7 @@ def get_model(model: ModelType,
     """
     if isinstance(pretrained, PathLike):
         pretrained = str(pretrained)
-    if isinstance(pretrained, str) and not _is_url(pretrained) \
+    if isinstance(pretrained, str) and not is_remote(pretrained) \
             and not osp.isfile(pretrained):
         url = None
         if isinstance(model, str) and ModelHub.has(model.lower()):
@@ -74,7 +74,7 @@ def get_model(model: ModelType,
     net = mm_get_model(model, pretrained=False, **kwargs)
     source = _resolve_weights(net, model, pretrained)
     if source is not None:
-        load_weights(net, source)
+        load_pretrained(net, source)
     if device is not None:
         net.to(device)
     net.eval()
@@ -97,21 +97,17 @@ def _resolve_weights(net: BaseModel, model: ModelType,
     return source
 
 
-def load_weights(net: BaseModel, source: str) -> None:
+def load_pretrained(net: BaseModel, source: str) -> None:
     """Load a ConvMixer checkpoint of any layout into ``net``, strictly.
 
     Args:
         net (BaseModel): An ``ImageClassifier`` with a ConvMixer backbone,
-            as built by :func:`get_model`.
+            as built by :func:`load_model`.
         source (str): A local file or a URL.
     """
-    if _is_url(source):
-        checkpoint = CheckpointLoader.load_checkpoint(
-            source, map_location='cpu')
-    else:
-        checkpoint = load_any_checkpoint(source)
+    checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
-    problems = shape_mismatches(state, {
+    problems = mismatches(state, {
         k: tuple(v.shape)
         for k, v in net.state_dict().items()
     })
@@ -126,7 +122,7 @@ def load_weights(net: BaseModel, source: str) -> None:
     # and third-party ones do (or imply the release's).
     if meta['source_layout'] != 'mmpretrain' or 'act_cfg' in (old_meta or {}):
         _check_activation(net, meta['act_cfg']['type'], source)
-    net.load_state_dict(state, strict=True)
+    load_weights(net, state, name=source)
     if 'dataset_meta' in meta:
         net._dataset_meta = meta['dataset_meta']
 
@@ -139,39 +135,80 @@ def _check_activation(net: BaseModel, needed: str, source: str) -> None:
             f'{source} holds weights trained with {needed}, but the config '
             f'builds {used}: the predictions would be wrong. Use a config '
             f'with model.backbone.act_cfg=dict(type={needed!r}) (or pass '
-            f"backbone=dict(act_cfg=dict(type={needed!r})) to get_model).")
+            f"backbone=dict(act_cfg=dict(type={needed!r})) to load_model).")
+
+
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while
+# their short side stays at least DECODE_MIN_SIDE, far above any config's
+# input size, so a huge photo costs little memory and time.
+DECODE_MIN_SIDE = 1024
+# What would still decode to more pixels is refused (50 megapixels take
+# 200 MB as BGRA).
+MAX_PIXELS = 50_000_000
 
 
 def load_image(img: Union[str, PathLike, np.ndarray],
                channels: int = 3) -> np.ndarray:
-    """Read an image file as the model expects it.
+    """Read an image as the model takes it, with bounded memory.
+
+    Large JPEGs are decoded downscaled (see ``DECODE_MIN_SIDE``), other
+    images over ``MAX_PIXELS`` are refused, alpha is composited on white
+    and the channels are converted (:func:`to_channels`).
 
     Args:
         img (str | PathLike | np.ndarray): An image file (JPEG, PNG, ...)
-            or an already loaded array, which is returned as is.
-        channels (int): 3 reads BGR colour (the ImageNet configs convert
-            to RGB), 1 reads grayscale. Defaults to 3.
+            or a loaded gray, BGR or BGRA array.
+        channels (int): 3 for BGR colour (the ImageNet configs convert to
+            RGB), 1 for grayscale. Defaults to 3.
 
     Returns:
         np.ndarray: ``(H, W, 3)`` or ``(H, W)`` uint8.
     """
     if isinstance(img, np.ndarray):
-        return img
+        return to_channels(img, channels)
     path = str(img)
     if not osp.isfile(path):
         raise FileNotFoundError(f'Image {path} does not exist.')
-    with open(path, 'rb') as f:
-        data = f.read()
-    flag = 'grayscale' if channels == 1 else 'color'
+    not_an_image = ValueError(
+        f'{path} is not an image that can be decoded: pass a JPEG, PNG or '
+        'BMP file.')
     try:
-        image = mmcv.imfrombytes(data, flag=flag) if data else None
+        with warnings.catch_warnings(), Image.open(path) as header:
+            # Only the header is read; the size check below is ours.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            (width, height), kind = header.size, header.format
+            alpha = 'A' in header.getbands() or \
+                'transparency' in header.info
+    except Image.DecompressionBombError:
+        width, height, kind, alpha = 1 << 16, 1 << 16, None, False
+    except (OSError, ValueError):
+        raise not_an_image from None
+    scale = 1
+    while kind == 'JPEG' and scale < 8 and \
+            min(width, height) >= 2 * scale * DECODE_MIN_SIDE:
+        scale *= 2
+    if width * height > MAX_PIXELS * scale**2:
+        raise ValueError(
+            f'{path} is {width}x{height} pixels: images are decoded to at '
+            f'most {MAX_PIXELS // 10**6} megapixels (JPEGs at down to 1/8 '
+            'scale) to bound memory. Downscale it first.')
+    flag = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8
+    }[scale]
+    with open(path, 'rb') as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED if alpha else flag)
     except cv2.error:
         image = None
     if image is None:
-        raise ValueError(
-            f'{path} is not an image: OpenCV cannot decode it. Pass a JPEG, '
-            'PNG or BMP file.')
-    return image
+        raise not_an_image
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    return to_channels(image, channels)
 
 
 def _in_channels(net: BaseModel) -> int:
@@ -187,21 +224,21 @@ def topk_predictions(scores: np.ndarray,
             for i in order]
 
 
-def inference_model(model: Union[BaseModel, ModelType],
-                    img: Union[str, PathLike, np.ndarray],
-                    pretrained: Union[bool, str, PathLike] = False,
-                    device: Union[str, torch.device, None] = None,
-                    topk: int = 5,
-                    **kwargs) -> dict:
+def classify(model: Union[BaseModel, ModelType],
+             img: Union[str, PathLike, np.ndarray],
+             pretrained: Union[bool, str, PathLike] = False,
+             device: Union[str, torch.device, None] = None,
+             topk: int = 5,
+             **kwargs) -> dict:
     """Classify one image.
 
     Args:
         model (BaseModel | str | PathLike | Config): A built model, or what
-            :func:`get_model` takes.
+            :func:`load_model` takes.
         img (str | PathLike | np.ndarray): The image.
-        pretrained (bool | str | PathLike): See :func:`get_model`; ignored
+        pretrained (bool | str | PathLike): See :func:`load_model`; ignored
             for a built model. Defaults to False.
-        device (str | torch.device, optional): See :func:`get_model`.
+        device (str | torch.device, optional): See :func:`load_model`.
         topk (int): How many classes to list. Defaults to 5.
         **kwargs: Overrides of the ``model`` config.
 
@@ -216,7 +253,7 @@ def inference_model(model: Union[BaseModel, ModelType],
         # Before building the model, which takes seconds for big ones.
         raise FileNotFoundError(f'Image {img} does not exist.')
     if not isinstance(model, BaseModel):
-        model = get_model(model, pretrained, device, **kwargs)
+        model = load_model(model, pretrained, device, **kwargs)
     image = load_image(img, _in_channels(model))
     inferencer = ImageClassificationInferencer(model, pretrained=False)
     # The inferencer's own __call__ draws a progress bar on stdout; one

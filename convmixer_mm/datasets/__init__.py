@@ -1,4 +1,5 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-from .fashion_mnist import DataNotFoundError, FashionMNISTIDX, read_idx
+from .fashion_mnist import DataNotFoundError, FashionMNISTIDX
+from .transforms import ToChannels, to_channels
 
-__all__ = ['FashionMNISTIDX', 'DataNotFoundError', 'read_idx']
+__all__ = ['FashionMNISTIDX', 'DataNotFoundError', 'ToChannels', 'to_channels']

@@ -1,82 +1,56 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Fashion-MNIST read straight from its IDX ``.gz`` files."""
-import gzip
+"""mmpretrain's Fashion-MNIST, read offline from Debian's ``.gz`` files."""
 import os.path as osp
 from typing import List, Optional
 
 import numpy as np
 
-from mmpretrain.datasets import BaseDataset, FashionMNIST
-from mmpretrain.datasets.categories import FASHIONMNIST_CATEGORITES
+from mmpretrain.datasets import FashionMNIST
+from mmpretrain.datasets.mnist import read_sn3_pascalvincent_tensor
 from mmpretrain.registry import DATASETS
+from ..utils import UserError
 
 DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
-_FILES = {
-    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
-    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
-}
-# IDX magic numbers: unsigned bytes with 3 (images) or 1 (labels) dims.
-_IMAGES_MAGIC = 0x0803
-_LABELS_MAGIC = 0x0801
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A data set is not where the config says."""
 
 
 def _find(data_root: str, name: str) -> Optional[str]:
-    """The path of ``name`` or ``name.gz`` in ``data_root``, if either."""
-    for path in (osp.join(data_root, name + '.gz'), osp.join(data_root,
-                                                             name)):
+    """The path of ``name`` (``.gz`` or uncompressed) in ``data_root``."""
+    for path in (osp.join(data_root, name), osp.join(data_root, name[:-3])):
         if osp.isfile(path):
             return path
     return None
 
 
-def read_idx(path: str, magic: int) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (gzip-compressed or not).
-
-    Args:
-        path (str): The file.
-        magic (int): The expected type-and-dims magic number.
-
-    Returns:
-        np.ndarray: uint8 array of the shape stored in the header.
-
-    Raises:
-        ValueError: The file is not such an IDX file or is truncated.
-    """
-    opener = gzip.open if path.endswith('.gz') else open
+def _read(path: str, ndim: int) -> np.ndarray:
+    """mmpretrain's IDX reader, with a clear error for a damaged file."""
     try:
-        with opener(path, 'rb') as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f'{path} is unreadable ({e}): reinstall it '
-                         '(apt-get install --reinstall '
-                         'dataset-fashion-mnist).') from None
-    ndim = magic & 0xff
-    header = 4 + 4 * ndim
-    if len(data) < header or int.from_bytes(data[:4], 'big') != magic:
-        raise ValueError(f'{path} is not an IDX file of {ndim}-d uint8 '
-                         'data: reinstall dataset-fashion-mnist.')
-    shape = tuple(
-        int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
-    if len(data) - header != int(np.prod(shape)):
-        raise ValueError(f'{path} is truncated: expected {shape}. Reinstall '
-                         'dataset-fashion-mnist.')
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+        data = read_sn3_pascalvincent_tensor(path).numpy()
+    except (AssertionError, KeyError, RuntimeError, ValueError, OSError,
+            EOFError):
+        data = None
+    if data is None or data.dtype != np.uint8 or data.ndim != ndim:
+        raise ValueError(
+            f'{path} is truncated or not an IDX file of {ndim}-d uint8 '
+            'data: reinstall it (apt-get install --reinstall '
+            'dataset-fashion-mnist).')
+    return data
 
 
 @DATASETS.register_module()
-class FashionMNISTIDX(BaseDataset):
-    """`Fashion-MNIST <https://github.com/zalandoresearch/fashion-mnist>`_
-    read from the IDX ``.gz`` files, as Debian's ``dataset-fashion-mnist``
-    installs them.
+class FashionMNISTIDX(FashionMNIST):
+    """mmpretrain's ``FashionMNIST`` that reads the IDX files as Debian's
+    ``dataset-fashion-mnist`` installs them (gzip-compressed, in
+    ``/usr/share/datasets/fashion-mnist``) and never downloads unless
+    asked.
 
     Each sample is a 28x28 uint8 grayscale ``img`` and its ``gt_label``;
-    mmengine's ``indices`` takes a subset. mmpretrain's ``FashionMNIST``
-    wants the files uncompressed and downloads when they are missing; here
-    that is opt-in with ``download=True``.
+    mmengine's ``indices`` takes a subset. mmpretrain's class wants the
+    files uncompressed and picks the split from ``test_mode``; this one
+    reads either form and follows ``split``.
 
     Args:
         data_root (str): Directory of ``{train,t10k}-{images-idx3,
@@ -85,8 +59,7 @@ class FashionMNISTIDX(BaseDataset):
         split (str): ``'train'`` (60,000 images) or ``'test'`` (10,000).
             Defaults to ``'train'``.
         download (bool): When the files are missing, download them into
-            ``data_root`` with mmpretrain's ``FashionMNIST`` (online only).
-            Defaults to False.
+            ``data_root`` with mmpretrain (online only). Defaults to False.
         **kwargs: Other arguments of ``BaseDataset`` (``pipeline``,
             ``indices``, ``test_mode``, ``lazy_init``, ...).
 
@@ -97,36 +70,34 @@ class FashionMNISTIDX(BaseDataset):
         4 (28, 28) Ankle boot
     """
 
-    METAINFO = {'classes': FASHIONMNIST_CATEGORITES}
-
     def __init__(self,
                  data_root: str = DEFAULT_ROOT,
                  split: str = 'train',
                  download: bool = False,
                  **kwargs) -> None:
-        if split not in _FILES:
-            raise ValueError(f'split={split!r} must be one of '
-                             f'{sorted(_FILES)}.')
-        self.split = split
-        self.download = download
-        super().__init__(ann_file='', data_root=data_root, **kwargs)
+        if split not in ('train', 'test'):
+            raise ValueError(
+                f"split={split!r} must be one of ['test', 'train'].")
+        super().__init__(
+            data_root=data_root, split=split, download=download, **kwargs)
 
     def load_data_list(self) -> List[dict]:
         """Read all images and labels of the split."""
-        names = _FILES[self.split]
+        files = self.train_list if self.split == 'train' else self.test_list
+        names = [name for name, _ in files]
         paths = [_find(self.data_root, name) for name in names]
         if None in paths:
             if self.download:
-                return self._download_data_list()
+                self._download()
+                return self.load_data_list()
             raise DataNotFoundError(
-                f'Fashion-MNIST {self.split} files ({names[0]}[.gz], '
-                f'{names[1]}[.gz]) not found in {self.data_root!r}. Install '
+                f'Fashion-MNIST {self.split} files ({names[0]}, {names[1]}, '
+                f'or uncompressed) not found in {self.data_root!r}. Install '
                 'them with `apt-get install dataset-fashion-mnist` (into '
                 f'{DEFAULT_ROOT}), point data_root at a directory that has '
                 'them, or set download=True to fetch them with mmpretrain '
                 'when online.')
-        images = read_idx(paths[0], _IMAGES_MAGIC)
-        labels = read_idx(paths[1], _LABELS_MAGIC)
+        images, labels = _read(paths[0], 3), _read(paths[1], 1)
         if len(images) != len(labels):
             raise ValueError(f'{paths[0]} has {len(images)} images but '
                              f'{paths[1]} has {len(labels)} labels.')
@@ -134,12 +105,3 @@ class FashionMNISTIDX(BaseDataset):
             dict(img=img, gt_label=int(label))
             for img, label in zip(images, labels)
         ]
-
-    def _download_data_list(self) -> List[dict]:
-        """Download into ``data_root`` and read with mmpretrain."""
-        dataset = FashionMNIST(
-            data_root=self.data_root,
-            split=self.split,
-            download=True,
-            lazy_init=True)
-        return dataset.load_data_list()

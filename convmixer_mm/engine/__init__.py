@@ -1,15 +1,21 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-from .checkpoint import (CheckpointError, atomic_save_bytes, check_fits,
-                         load_checkpoint_file, register_safe_globals)
-from .hooks import TestProgressBarHook
+from .checkpoint import (CheckpointError, check_fits, load_checkpoint_file,
+                         load_weights, register_safe_globals,
+                         route_remote_loads)
+from .config import ConfigError, build_runner, load_config
+from .hooks import (CompileModelHook, ProgressLoggerHook, SafeCheckpointHook,
+                    TestProgressBarHook)
 from .optim_wrapper import MixedPrecisionOptimWrapper
 from .runner import ConvMixerRunner
 from .scheduler import PiecewiseLinearLR
 
 register_safe_globals()
+route_remote_loads()
 
 __all__ = [
-    'CheckpointError', 'ConvMixerRunner', 'MixedPrecisionOptimWrapper',
-    'PiecewiseLinearLR', 'TestProgressBarHook', 'atomic_save_bytes',
-    'check_fits', 'load_checkpoint_file', 'register_safe_globals'
+    'CheckpointError', 'CompileModelHook', 'ConfigError', 'ConvMixerRunner',
+    'MixedPrecisionOptimWrapper', 'PiecewiseLinearLR', 'ProgressLoggerHook',
+    'SafeCheckpointHook', 'TestProgressBarHook', 'build_runner',
+    'check_fits', 'load_checkpoint_file', 'load_config', 'load_weights',
+    'register_safe_globals'
 ]

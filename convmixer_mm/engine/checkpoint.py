@@ -9,20 +9,34 @@ allowlists exactly those types, so our checkpoints load for testing,
 ``load_from`` and ``resume`` with the check still on; anything else, such
 as a pickle whose ``__reduce__`` runs code, is still refused.
 """
+import argparse
 import contextlib
 import copyreg
+import hashlib
 import os
 import os.path as osp
 import pickle
 import re
 import zipfile
-from typing import Callable, Dict, Iterator, List, Union
+from collections import OrderedDict
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
+                    Tuple, Union)
+from urllib.parse import urlparse
 
+import mmengine.runner.checkpoint as mm_checkpoint
 import numpy as np
 import torch
 import torch.nn as nn
+from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner import CheckpointLoader
+from mmengine.runner.checkpoint import load_state_dict
+
+from ..models import ConvMixerClsHead, ConvMixerMM
+from ..utils import UserError, atomic_save_bytes
+
+StateDict = Dict[str, torch.Tensor]
+
 
 def _numpy_core(name: str):
     """A ``numpy._core.multiarray`` function (``numpy.core`` before 2.0)."""
@@ -45,6 +59,9 @@ SAFE_GLOBALS = [
     _numpy_core('scalar'),
     (_numpy_core('_reconstruct'), 'numpy.core.multiarray._reconstruct'),
     (_numpy_core('scalar'), 'numpy.core.multiarray.scalar'),
+    # timm's training script, which wrote the official release, stores its
+    # arguments in the checkpoint.
+    argparse.Namespace,
 ]
 
 
@@ -77,7 +94,7 @@ def weights_only_pickling() -> Iterator[None]:
             copyreg.dispatch_table[HistoryBuffer] = previous
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or does not fit."""
 
 
@@ -91,13 +108,107 @@ def _first_line(error: BaseException) -> str:
         type(error).__name__
 
 
+def is_remote(filename: str) -> bool:
+    """A ``scheme://`` name that is not an existing local file."""
+    return bool(re.match(r'^[a-z][a-z0-9+.-]*://', filename, re.I)) and \
+        not osp.isfile(osp.expanduser(filename))
+
+
+def download_checkpoint(url: str, model_dir: Optional[str] = None,
+                        file_name: Optional[str] = None) -> str:
+    """Download ``url`` into torch.hub's checkpoint cache, once.
+
+    The download goes to a temporary sibling and is renamed in place when
+    complete, so concurrent ranks and killed downloads never leave a
+    truncated file under the final name.
+
+    Returns:
+        str: The cached file.
+    """
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    name = file_name or osp.basename(urlparse(url).path) or 'checkpoint.pth'
+    path = osp.join(model_dir, name)
+    if osp.isfile(path):
+        return path
+    os.makedirs(model_dir, exist_ok=True)
+    try:
+        atomic_save_bytes(
+            path, lambda tmp: torch.hub.download_url_to_file(
+                url, tmp, progress=False))
+    except OSError as e:  # URLError and HTTPError included
+        raise CheckpointError(
+            f'checkpoint {url!r} could not be downloaded ({_first_line(e)}): '
+            'check the URL and the network, or download it yourself and '
+            'pass the local file.') from None
+    return path
+
+
+def load_url(url: str,
+             model_dir: Optional[str] = None,
+             map_location: Union[str, Callable, None] = 'cpu',
+             file_name: Optional[str] = None,
+             **kwargs) -> dict:
+    """Download a checkpoint and read it with :func:`load_checkpoint_file`.
+
+    A download the safe reader refuses (unsafe or corrupt) is removed from
+    the cache, so it is neither kept nor trusted on the next call. Takes
+    the arguments of mmengine's ``load_url`` (``torch.hub``'s), which it
+    replaces (see :func:`route_remote_loads`).
+    """
+    path = download_checkpoint(url, model_dir, file_name)
+    try:
+        return load_checkpoint_file(path, map_location)
+    except CheckpointError as e:
+        os.remove(path)
+        raise CheckpointError(str(e).replace(repr(path), repr(url))) from None
+
+
+def _load_from_http(filename: str, map_location=None, **kwargs) -> dict:
+    """mmengine's http(s) scheme; each rank reads the shared cached file."""
+    rank, world_size = get_dist_info()
+    if rank == 0 or world_size == 1:
+        checkpoint = load_url(filename, map_location=map_location)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            checkpoint = load_url(filename, map_location=map_location)
+    return checkpoint
+
+
+def _load_from_local(filename: str, map_location=None) -> dict:
+    return _read_local(filename, map_location)
+
+
+def route_remote_loads() -> None:
+    """Send every checkpoint mmengine reads through the safe reader.
+
+    mmengine 0.10 reads http(s) checkpoints (and, through them,
+    ``open-mmlab://``, ``torchvision://`` and ``mmcls://`` names) with
+    ``torch.hub.load_state_dict_from_url``, which unpickles with
+    ``weights_only=False``: a checkpoint URL could run code. Those schemes
+    and local files are re-registered here, and the module-level
+    ``load_url`` that the indirect schemes call is replaced, so that
+    ``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')`` and
+    mmpretrain's ``get_model(pretrained=...)`` all use
+    :func:`load_checkpoint_file`.
+    """
+    mm_checkpoint.load_url = load_url
+    CheckpointLoader.register_scheme(
+        ['http://', 'https://'], _load_from_http, force=True)
+    CheckpointLoader.register_scheme('', _load_from_local, force=True)
+
+
 def load_checkpoint_file(filename: str,
                          map_location: Union[str, Callable] = 'cpu') -> dict:
     """Load a checkpoint with ``weights_only=True`` and clear errors.
 
     Args:
-        filename (str): A local path, or a URL / ``scheme://`` path that
-            mmengine's ``CheckpointLoader`` understands.
+        filename (str): A local path (``.safetensors`` too), or a
+            ``scheme://`` name that one of mmengine's ``CheckpointLoader``
+            schemes reads: ``http(s)://`` URLs are downloaded once into
+            torch.hub's cache and read here (see
+            :func:`route_remote_loads`), the official release's URLs are
+            also converted (see ``convmixer_mm.apis.hub``).
         map_location (str | Callable): As in ``torch.load``.
             Defaults to 'cpu'.
 
@@ -108,19 +219,29 @@ def load_checkpoint_file(filename: str,
         CheckpointError: The file is missing, corrupt or truncated, or holds
             types outside the allowlist (and might run code if unpickled).
     """
-    local = '://' not in filename
-    if local and not osp.isfile(osp.expanduser(filename)):
+    if not is_remote(filename):
+        return _read_local(filename, map_location)
+    return CheckpointLoader.load_checkpoint(filename, map_location)
+
+
+def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
+    if not osp.isfile(osp.expanduser(filename)):
         raise CheckpointError(
             f'checkpoint {filename!r} does not exist: check the path (or '
             'the `last_checkpoint` file of the work dir for --resume auto).')
+    if filename.endswith('.safetensors'):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(osp.expanduser(filename))
+        except SafetensorError as e:
+            raise CheckpointError(
+                f'{filename} is not a safetensors checkpoint: {e}') from None
     try:
-        if local:
-            checkpoint = torch.load(
-                osp.expanduser(filename),
-                map_location=map_location,
-                weights_only=True)
-        else:
-            checkpoint = _load_checkpoint(filename, map_location=map_location)
+        checkpoint = torch.load(
+            osp.expanduser(filename),
+            map_location=map_location,
+            weights_only=True)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the Python object it refused
         # ("unsupported GLOBAL posix.system", "Can only build ..."); any
@@ -152,96 +273,310 @@ def load_checkpoint_file(filename: str,
             f'checkpoint {filename!r} holds a {type(checkpoint).__name__}, '
             'not a dict of weights: pass a checkpoint saved by training or '
             'by the converter.')
+    verify_sha256(checkpoint, filename)
     return checkpoint
 
 
-def _strip_prefix(state_dict: Dict[str, torch.Tensor],
-                  prefix: str = 'module.') -> Dict[str, torch.Tensor]:
+#: Key prefixes of each layout, ``(theirs, ours)``: the one table of
+#: renaming. Ours is mmpretrain's, shared with its built-in ``ConvMixer``.
+#: The official ``nn.Sequential`` numbers its modules: ``0`` stem conv,
+#: ``2`` stem BN, ``3 .. depth+2`` blocks, ``depth+5`` the linear layer.
+LAYOUT_PREFIXES: Dict[str, Callable[[int], List[Tuple[str, str]]]] = {
+    'mmpretrain': lambda depth: [('backbone.stem.', 'backbone.stem.'),
+                                 ('backbone.stages.', 'backbone.stages.'),
+                                 ('head.fc.', 'head.fc.')],
+    'timm': lambda depth: [('stem.', 'backbone.stem.'),
+                           ('blocks.', 'backbone.stages.'),
+                           ('head.', 'head.fc.')],
+    'official': lambda depth: [('0.', 'backbone.stem.0.'),
+                               ('2.', 'backbone.stem.2.'),
+                               (f'{depth + 5}.', 'head.fc.')] +
+    [(f'{i + 3}.', f'backbone.stages.{i}.') for i in range(depth)],
+}
+LAYOUTS = tuple(LAYOUT_PREFIXES)
+#: Where a checkpoint may wrap its state dict.
+WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema')
+
+
+def _sample(mapping: Mapping, n: int = 6) -> str:
+    keys = list(mapping)
+    more = f', ... ({len(keys)} in all)' if len(keys) > n else ''
+    return ', '.join(map(str, keys[:n])) + more
+
+
+def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> StateDict:
+    """Unwrap a checkpoint to a flat state dict without a ``module.``
+    prefix.
+
+    Args:
+        checkpoint (Any): A loaded checkpoint: a state dict, or a dict
+            holding one under ``state_dict``, ``model`` or
+            ``state_dict_ema``.
+        use_ema (bool): Take ``state_dict_ema`` (timm's EMA weights)
+            rather than the first of ``state_dict`` and ``model``.
+            Defaults to False.
+
+    Returns:
+        dict[str, Tensor]: The tensors, in file order.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            'A checkpoint must be a dict of tensors or a dict wrapping one, '
+            f'got {type(checkpoint).__name__}.')
+    keys = ('state_dict_ema', ) if use_ema else WRAPPER_KEYS
+    state = next((checkpoint[k]
+                  for k in keys if isinstance(checkpoint.get(k), Mapping)),
+                 None)
+    if state is None:
+        if use_ema:
+            raise CheckpointError(
+                'use_ema was requested but the checkpoint has no '
+                f'state_dict_ema; its top-level keys: {_sample(checkpoint)}.')
+        state = checkpoint
+    if not state or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            'The checkpoint holds no state dict of tensors (looked under '
+            f'{list(keys)} and at the top level, which has keys '
+            f'{_sample(checkpoint)}): pass a checkpoint saved by training '
+            'or by the converter.')
+    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k,
+                        v) for k, v in state.items())
+
+
+def detect_layout(state: StateDict) -> Optional[str]:
+    """Name the ConvMixer layout of a state dict, or None if it has none."""
+    if 'backbone.stem.0.weight' in state:
+        return 'mmpretrain'
+    if 'stem.0.weight' in state and 'blocks.0.0.fn.0.weight' in state:
+        return 'timm'
+    if '0.weight' in state and '3.0.fn.0.weight' in state:
+        return 'official'
+    return None
+
+
+def _depth(state: StateDict, block_key: Callable[[int], str]) -> int:
+    """The number of blocks: ``block_key(i)`` is in ``state`` for each."""
+    depth = 0
+    while block_key(depth) in state:
+        depth += 1
+    return depth
+
+
+def _rename(state: StateDict, pairs: List[Tuple[str, str]],
+            layout: str) -> StateDict:
+    renamed, unknown = OrderedDict(), []
+    for key, value in state.items():
+        src = next((s for s, _ in pairs if key.startswith(s)), None)
+        if src is None:
+            unknown.append(key)
+        else:
+            renamed[dict(pairs)[src] + key[len(src):]] = value
+    if unknown:
+        raise CheckpointError(
+            f'Keys that a ConvMixer in the {layout} layout does not have: '
+            f'{unknown[:8]}' + (' ...' if len(unknown) > 8 else '') +
+            '. Is this a checkpoint of another model?')
+    return renamed
+
+
+def to_mm_layout(state: StateDict) -> Tuple[StateDict, str]:
+    """Rename any ConvMixer state dict to the mmpretrain layout.
+
+    Returns:
+        tuple: The renamed state dict and the detected source layout.
+    """
+    layout = detect_layout(state)
+    if layout is None:
+        raise CheckpointError(
+            'This is not a ConvMixer checkpoint: it has neither the '
+            'official (0.*, 3.0.fn.*), the timm (stem.*, blocks.*) nor the '
+            'mmpretrain (backbone.stem.*, backbone.stages.*) keys. Its '
+            f'keys: {_sample(state)}.')
+    depth = _depth(state, lambda i: f'{i + 3}.0.fn.0.weight')
+    return _rename(state, LAYOUT_PREFIXES[layout](depth), layout), layout
+
+
+def from_mm_layout(state: StateDict, layout: str) -> StateDict:
+    """Rename an mmpretrain-layout state dict to ``layout``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'Unknown layout {layout!r}: choose one of '
+                         f'{list(LAYOUTS)}.')
+    depth = _depth(state, lambda i: f'backbone.stages.{i}.0.fn.0.weight')
+    pairs = [(ours, theirs)
+             for theirs, ours in LAYOUT_PREFIXES[layout](depth)]
+    return _rename(state, pairs, 'mmpretrain')
+
+
+def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
+    """Every key and shape of our ConvMixer classifier of ``arch``.
+
+    Read from the model itself, built on the meta device (no memory, no
+    init), so it cannot drift from the model.
+
+    Args:
+        arch (Mapping[str, int]): ``embed_dims``, ``depth``,
+            ``kernel_size``, ``patch_size``, ``in_channels`` and
+            ``num_classes``.
+    """
+    with torch.device('meta'):
+        parts = dict(
+            backbone=ConvMixerMM(
+                {k: arch[k]
+                 for k in ConvMixerMM.essential_keys},
+                in_channels=arch['in_channels']),
+            head=ConvMixerClsHead(arch['num_classes'], arch['embed_dims']))
     return {
-        k[len(prefix):] if k.startswith(prefix) else k: v
-        for k, v in state_dict.items()
+        f'{name}.{key}': tuple(value.shape)
+        for name, part in parts.items()
+        for key, value in part.state_dict().items()
     }
+
+
+def mismatches(state: Mapping[str, torch.Tensor],
+               shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, str]:
+    """What is wrong with each key of ``state`` against the model's shapes.
+
+    Returns:
+        dict[str, str]: For each bad key, ``missing from the checkpoint``,
+        ``not in the model`` or ``checkpoint (a, b) vs model (c, d)``.
+    """
+    problems = {}
+    for key, shape in shapes.items():
+        if key not in state:
+            problems[key] = 'missing from the checkpoint'
+        elif tuple(state[key].shape) != tuple(shape):
+            problems[key] = (f'checkpoint {tuple(state[key].shape)} vs model '
+                             f'{tuple(shape)}')
+    for key in state:
+        if key not in shapes:
+            problems[key] = 'not in the model'
+    return problems
+
+
+def format_mismatches(problems: Mapping[str, str], limit: int = 10) -> str:
+    """One line per mismatched key, at most ``limit`` of them."""
+    lines = [f'  {key}: {why}' for key, why in list(problems.items())[:limit]]
+    if len(problems) > limit:
+        lines.append(f'  ... and {len(problems) - limit} more')
+    return '\n'.join(lines)
 
 
 def check_fits(model: nn.Module,
                checkpoint: dict,
                filename: str,
                strict: bool,
-               tolerated_prefix: str = 'head.') -> None:
+               tolerated_prefix: str = 'head.') -> StateDict:
     """Raise unless the checkpoint's weights fit the model.
 
     Args:
         model (nn.Module): The unwrapped model.
-        checkpoint (dict): A loaded checkpoint, with or without a
-            ``state_dict`` key.
+        checkpoint (dict): A loaded checkpoint or state dict, in any
+            ConvMixer layout or in the model's own keys.
         filename (str): Its name, for the message.
         strict (bool): Every key and shape must match. When False (fine-
             tuning with ``load_from``), keys under ``tolerated_prefix`` may
             be missing, extra or of another shape.
         tolerated_prefix (str): See ``strict``. Defaults to 'head.'.
 
+    Returns:
+        dict[str, Tensor]: The state dict in the model's keys.
+
     Raises:
         CheckpointError: Keys or shapes differ beyond what is tolerated, or
             no key is shared at all.
     """
-    state = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(
-            f'checkpoint {filename!r} has no state_dict of tensors: pass a '
-            'checkpoint saved by training or by the converter.')
-    state = _strip_prefix(state)
-    own = model.state_dict()
-
-    def counts(key: str) -> bool:
-        return strict or not key.startswith(tolerated_prefix)
-
-    missing = [k for k in own if k not in state and counts(k)]
-    unexpected = [k for k in state if k not in own and counts(k)]
-    mismatched = [
-        f'{k}: checkpoint {tuple(state[k].shape)} vs model '
-        f'{tuple(own[k].shape)}' for k in own
-        if k in state and state[k].shape != own[k].shape and counts(k)
-    ]
-    if not (missing or unexpected or mismatched) and set(own) & set(state):
-        return
-    problems: List[str] = []
-    for name, items in (('shape mismatches', mismatched),
-                        ('missing keys', missing), ('unexpected keys',
-                                                    unexpected)):
-        if items:
-            problems.append(f'{len(items)} {name} (e.g. {items[0]})')
+    state = extract_state_dict(checkpoint)
+    if detect_layout(state) in ('official', 'timm'):
+        state = to_mm_layout(state)[0]
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = {
+        k: why
+        for k, why in mismatches(state, shapes).items()
+        if strict or not k.startswith(tolerated_prefix)
+    }
+    if not problems and set(shapes) & set(state):
+        return state
+    kinds: Dict[str, List[str]] = {
+        'shape mismatches': [], 'missing keys': [], 'unexpected keys': []
+    }
+    for key, why in problems.items():
+        kind = ('shape mismatches' if why.startswith('checkpoint') else
+                'missing keys' if why.startswith('missing') else
+                'unexpected keys')
+        kinds[kind].append(f'{key}: {why}')
+    summary = '; '.join(f'{len(items)} {kind} (e.g. {items[0]})'
+                        for kind, items in kinds.items() if items)
     raise CheckpointError(
         f'checkpoint {filename!r} does not fit the model of this config: '
-        f'{"; ".join(problems) or "no key in common"}. It was trained for '
-        'another architecture: use the config it was trained with, or a '
-        'checkpoint of this model.')
+        f'{summary or "no key in common"}. It was trained for another '
+        'architecture: use the config it was trained with, or a checkpoint '
+        'of this model.')
 
 
-def atomic_save_bytes(path: str, write: Callable[[str], None]) -> None:
-    """Write a file through a temporary sibling, then rename it in place.
+def load_weights(model: nn.Module,
+                 source: Union[str, dict],
+                 strict: bool = True,
+                 name: Optional[str] = None) -> dict:
+    """Load a checkpoint into ``model`` after :func:`check_fits`.
 
-    ``write`` writes the temporary path; the data is then fsynced and
-    ``os.replace``-d onto ``path``, and the directory entry fsynced, so a
-    crash leaves either the old file or the new one, never a truncated one.
+    The one way weights reach a model: for testing, resuming, fine-tuning,
+    inference, the hub, the converter and the benchmark.
 
     Args:
-        path (str): The final path.
-        write (Callable[[str], None]): Writes the whole file to the path
-            it is given.
+        model (nn.Module): The unwrapped model.
+        source (str | dict): A checkpoint file (read with
+            :func:`load_checkpoint_file`) or a loaded checkpoint, in any
+            ConvMixer layout or in the model's own keys.
+        strict (bool): See :func:`check_fits`. Defaults to True.
+        name (str, optional): The checkpoint's name in messages. Defaults
+            to ``source`` when it is a path.
+
+    Returns:
+        dict: The loaded checkpoint.
     """
-    directory, name = osp.split(osp.abspath(path))
-    tmp = osp.join(directory, f'.{name}.{os.getpid()}.part')
-    try:
-        write(tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    checkpoint = load_checkpoint_file(source) if isinstance(source,
+                                                            str) else source
+    name = name or (source if isinstance(source, str) else 'checkpoint')
+    state = check_fits(model, checkpoint, name, strict)
+    # mmengine's loader skips (and logs) the tolerated head mismatches.
+    load_state_dict(model, state, strict=strict)
+    return checkpoint
+
+
+def tensors_sha256(checkpoint: dict) -> str:
+    """The sha256 of every tensor of a checkpoint outside its ``meta``.
+
+    Each tensor's path, dtype and shape are hashed with its bytes, so a
+    flipped byte, a swapped or a reshaped tensor all change the digest.
+    """
+    digest = hashlib.sha256()
+
+    def visit(path: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f'{path}:{value.dtype}:{list(value.shape)}'.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(
+                torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(f'{path}.{key}', item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f'{path}.{index}', item)
+
+    for key, value in checkpoint.items():
+        if key != 'meta':
+            visit(key, value)
+    return digest.hexdigest()
+
+
+def verify_sha256(checkpoint: dict, filename: str) -> None:
+    """Raise if the checkpoint's tensors differ from the digest saved in its
+    ``meta`` (``tensors_sha256``); a checkpoint without one passes."""
+    meta = checkpoint.get('meta')
+    expected = meta.get('tensors_sha256') if isinstance(meta, dict) else None
+    if expected is not None and tensors_sha256(checkpoint) != expected:
+        raise CheckpointError(
+            f'checkpoint {filename!r} is corrupt: its tensors do not match '
+            'the sha256 saved with them (bit rot, or an incomplete copy): '
+            'use an earlier checkpoint of the work dir or copy it again.')

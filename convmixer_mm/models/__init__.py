@@ -1,10 +1,10 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .convmixer import ConvMixerMM
 from .data_preprocessor import ConvMixerDataPreprocessor
-from .fast import CompileModelHook, fuse_convmixer
+from .fast import fuse_convmixer
 from .head import ConvMixerClsHead
 
 __all__ = [
     'ConvMixerMM', 'ConvMixerClsHead', 'ConvMixerDataPreprocessor',
-    'CompileModelHook', 'fuse_convmixer'
+    'fuse_convmixer'
 ]

@@ -15,17 +15,19 @@ Examples::
         work_dirs/bench/*.json
 """
 import argparse
+import functools
 import json
 import os
 import os.path as osp
 import sys
 from typing import List, Optional
 
-from convmixer_mm.benchmark import (BenchmarkSettings, format_table,
-                                    run_benchmark, settings_from_config)
-from convmixer_mm.benchmark_report import update_readme
-from convmixer_mm.engine.checkpoint import atomic_save_bytes
+from convmixer_mm.devtools.benchmark import (BenchmarkSettings,
+                                             format_table, run_benchmark,
+                                             settings_from_config)
+from convmixer_mm.devtools.benchmark_report import update_readme
 from convmixer_mm.models import ConvMixerMM
+from convmixer_mm.utils import atomic_save_bytes
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -50,8 +52,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         '--compile', choices=['on', 'off'], default='off',
         help='torch.compile our main candidate')
     parser.add_argument(
-        '--fuse', choices=['on', 'off'], default='on',
-        help='fuse_convmixer our main candidate (inference only)')
+        '--fuse', choices=['on', 'off'], default='off',
+        help='fuse_convmixer our main candidate (inference only; without it the model still runs fused in eval mode, see fuse_eval)')
     parser.add_argument(
         '--with-cp', action='store_true',
         help='gradient checkpointing in our main candidate')
@@ -118,9 +120,12 @@ def have_timm() -> bool:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     if args.readme:
-        update_readme(args.readme, [args.model] + args.reports
-                      if args.model else args.reports)
-        print(f'Updated the Performance section of {args.readme}.')
+        changed = update_readme(
+            args.readme,
+            [args.model] + args.reports if args.model else args.reports)
+        print(f'Updated the Performance section of {args.readme}.' if changed
+              else f'The Performance section of {args.readme} is already '
+              'up to date.')
         return
     if args.model is None:
         sys.exit('Give a config file or an arch name.')
@@ -145,8 +150,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         settings = settings_from_config(args.model, **fields)
     else:
         settings = BenchmarkSettings(
-            arch=ConvMixerMM._parse_arch(args.model), **fields)
-    report = run_benchmark(settings)
+            arch=ConvMixerMM.parse_arch(args.model), **fields)
+    report = run_benchmark(settings, functools.partial(print, flush=True))
     print(format_table(report))
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

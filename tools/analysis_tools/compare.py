@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.analysis.compare import Budget, compare
-from convmixer_mm.engine import CheckpointError
+from convmixer_mm.devtools.compare import Budget, compare
+from convmixer_mm.cli import USER_ERRORS, run
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -55,7 +55,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (OSError, ValueError, ImportError, CheckpointError) as e:
-        sys.exit(f'error: {e}')
+    sys.exit(run(main, errors=USER_ERRORS + (ImportError, )))

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.analysis import config_complexity
+from convmixer_mm.apis.complexity import config_complexity
+from convmixer_mm.cli import run
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -42,7 +43,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (OSError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    sys.exit(run(main))

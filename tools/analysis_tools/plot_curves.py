@@ -10,9 +10,10 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.analysis.curves import (DEFAULT_KEYS, epoch_curves,
+from convmixer_mm.devtools.curves import (DEFAULT_KEYS, epoch_curves,
                                           find_scalars, load_scalars,
                                           plot_curves)
+from convmixer_mm.cli import run
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,7 +48,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (OSError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    sys.exit(run(main))

@@ -10,11 +10,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.deploy import (ExportError, build_classifier,
-                                 check_export_args, export_onnx, opset_of)
-from convmixer_mm.deploy.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
-                                             MIN_OPSET)
-from convmixer_mm.engine import CheckpointError
+from convmixer_mm.apis.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
+                                           MIN_OPSET, build_classifier,
+                                           check_export_args, export_onnx,
+                                           opset_of)
+from convmixer_mm.cli import run
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,14 +47,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=1e-4,
         help='largest allowed max abs difference of the logits')
     parser.add_argument(
-        '--overwrite', action='store_true', help='replace an existing OUT')
+        '--force', action='store_true', help='overwrite OUT if it exists')
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     # Fail on a bad opset or output before loading anything.
-    check_export_args(args.out, args.opset, args.overwrite)
+    check_export_args(args.out, args.opset, args.force)
     model = build_classifier(args.config, args.checkpoint)
     diffs = export_onnx(
         model,
@@ -63,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         opset=args.opset,
         dynamic_batch=args.dynamic_batch,
         atol=args.atol,
-        overwrite=args.overwrite)
+        force=args.force)
     opset, _ = opset_of(args.out)
     print(f'Exported {args.out} (opset {opset}).')
     for batch, diff in diffs.items():
@@ -71,7 +71,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (OSError, ValueError, CheckpointError, ExportError) as e:
-        sys.exit(f'error: {e}')
+    sys.exit(run(main))

@@ -9,8 +9,9 @@ Example::
 import argparse
 import sys
 
-from convmixer_mm.converter import (CheckpointError, convert_checkpoint,
-                                    describe_conversion)
+from convmixer_mm.apis.converter import (convert_checkpoint,
+                                         describe_conversion)
+from convmixer_mm.cli import run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,24 +46,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def convert(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        meta = convert_checkpoint(
-            args.src,
-            args.dst,
-            arch=args.arch,
-            act=args.act,
-            config=args.config,
-            to=args.to,
-            use_ema=args.ema,
-            force=args.force)
-    except (CheckpointError, OSError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+    meta = convert_checkpoint(
+        args.src,
+        args.dst,
+        arch=args.arch,
+        act=args.act,
+        config=args.config,
+        to=args.to,
+        use_ema=args.ema,
+        force=args.force)
     print(describe_conversion(meta))
     print(f'Wrote {args.dst} ({args.to} layout).')
-    return 0
+
+
+def main(argv=None) -> int:
+    return run(convert, argv)
 
 
 if __name__ == '__main__':

@@ -16,8 +16,15 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 
-# ToTensor + Normalize only.
-test_pipeline = [dict(type='PackInputs')]
+# ToTensor + Normalize for the data set's 32x32 images, which pass
+# unchanged; any other image is brought to 3 channels (alpha on white) and
+# its centre resized to 32x32.
+test_pipeline = [
+    dict(type='ToChannels', channels=3),
+    dict(type='ResizeEdge', scale=32, edge='short'),
+    dict(type='CenterCrop', crop_size=32),
+    dict(type='PackInputs'),
+]
 
 train_dataloader = dict(
     # --batch-size 512 (train.py's default), one GPU.

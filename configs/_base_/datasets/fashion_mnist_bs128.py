@@ -11,12 +11,22 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
-test_pipeline = [dict(type='PackInputs')]
+# Any image, a photo too, reaches the model as 28x28 gray (alpha on white);
+# the data set's own images pass unchanged. The aspect ratio is not kept:
+# Fashion-MNIST's items fill the frame.
+test_pipeline = [
+    dict(type='ToChannels', channels=1),
+    dict(type='Resize', scale=(28, 28)),
+    dict(type='PackInputs'),
+]
 
 train_dataloader = dict(
     batch_size=128,
     # The pipeline is cheap; a worker would take a core from the model.
     num_workers=0,
+    # Explicit, because mmpretrain's tools/train.py defaults it to True,
+    # which needs workers.
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -28,6 +38,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=256,
     num_workers=0,
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         data_root=data_root,

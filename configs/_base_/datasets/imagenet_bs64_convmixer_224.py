@@ -50,6 +50,8 @@ train_pipeline = [
 
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    # Arrays given to an inferencer may be gray or have alpha.
+    dict(type='ToChannels', channels=3),
     # timm default_cfg of ConvMixer: crop_pct 0.96, bicubic, so the short
     # edge goes to int(224 / 0.96) = 233 before the 224 centre crop.
     dict(

@@ -33,6 +33,8 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    # Arrays given to an inferencer may be gray or have alpha.
+    dict(type='ToChannels', channels=3),
     dict(type='ResizeEdge', scale=160, edge='short'),
     dict(type='CenterCrop', crop_size=160),
     dict(type='PackInputs'),

@@ -10,8 +10,8 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 
-from ..deploy import build_classifier
-from ..engine.launch import load_config
+from ..engine.config import load_config
+from .onnx_export import build_classifier
 
 
 def convolution_mode_flop_jit(inputs: List[Any],
@@ -61,7 +61,7 @@ def count_complexity(model: nn.Module,
         dict: ``params`` and ``flops`` (for batch size 1).
 
     Example:
-        >>> from convmixer_mm.analysis import count_complexity
+        >>> from convmixer_mm.apis.complexity import count_complexity
         >>> from convmixer_mm.models import ConvMixerMM
         >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=4)
         >>> result = count_complexity(ConvMixerMM(arch), (3, 32, 32))

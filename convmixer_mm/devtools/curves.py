@@ -6,7 +6,6 @@ import os.path as osp
 from collections import defaultdict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from mmengine.config import Config
 
 Curve = Tuple[List[int], List[float]]
 
@@ -143,34 +142,3 @@ def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(out_file, dpi=80)
     plt.close(fig)
-
-
-def apply_tensorboard_switch(cfg: Config) -> Config:
-    """Log to TensorBoard as well when the config sets ``use_tensorboard``.
-
-    With ``use_tensorboard = True`` in a config (or ``--cfg-options
-    use_tensorboard=True``), mmengine's ``TensorboardVisBackend`` is added
-    next to the visualizer's other backends, so ``vis_data/scalars.json``
-    (and :func:`plot_curves`) keeps working and event files appear beside
-    it. ``cfg`` is changed in place and returned.
-
-    Raises:
-        ImportError: TensorBoard is not installed.
-    """
-    if not cfg.get('use_tensorboard', False):
-        return cfg
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            'use_tensorboard=True needs TensorBoard: pip install '
-            "-e '.[tensorboard]' (or pip install tensorboard), or set "
-            'use_tensorboard=False.') from None
-    visualizer = cfg.setdefault('visualizer',
-                                dict(type='UniversalVisualizer'))
-    backends = list(
-        visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
-    if not any(b.get('type') == 'TensorboardVisBackend' for b in backends):
-        backends.append(dict(type='TensorboardVisBackend'))
-    visualizer['vis_backends'] = backends
-    return cfg

@@ -32,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import ConvMixerMM, fuse_convmixer
+from ..engine.checkpoint import from_mm_layout, load_weights
+from ..models import ConvMixerMM, fuse_convmixer
 
 IMPLS = ('ours', 'mmpretrain', 'timm')
 FLAGS = ('cl', 'fuse', 'compile', 'cp')
@@ -127,7 +128,7 @@ class BenchmarkSettings:
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first bad setting."""
-        ConvMixerMM._parse_arch(self.arch)
+        ConvMixerMM.parse_arch(self.arch)
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype={self.dtype!r}: use one of '
                              f'{list(DTYPES)}.')
@@ -174,7 +175,7 @@ def settings_from_config(path: str, **kwargs) -> BenchmarkSettings:
             f'{path} does not build a ConvMixerMM backbone (got '
             f'{backbone.get("type")!r}): pass a convmixer_mm config or an '
             'arch name.')
-    arch = ConvMixerMM._parse_arch(backbone.get('arch', '768/32'))
+    arch = ConvMixerMM.parse_arch(backbone.get('arch', '768/32'))
     return BenchmarkSettings(
         arch=arch,
         act=backbone.get('act_cfg', {}).get('type', 'GELU'),
@@ -233,22 +234,6 @@ def build_timm(settings: BenchmarkSettings) -> nn.Module:
         act_layer=getattr(nn, settings.act))
 
 
-def to_timm_state_dict(state: Dict[str, torch.Tensor]
-                       ) -> Dict[str, torch.Tensor]:
-    """Rename our (and mmpretrain's) keys to timm's."""
-    renames = (('backbone.stem.', 'stem.'), ('backbone.stages.', 'blocks.'),
-               ('head.fc.', 'head.'))
-    out = {}
-    for key, value in state.items():
-        for old, new in renames:
-            if key.startswith(old):
-                out[new + key[len(old):]] = value
-                break
-        else:
-            raise KeyError(f'No timm name for {key!r}.')
-    return out
-
-
 @torch.no_grad()
 def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
     """Give BN non-trivial statistics so fused and unfused paths differ."""
@@ -268,15 +253,13 @@ class Candidate:
         self.spec = spec
         self.dtype = spec.dtype or settings.dtype
         self.device = settings.device
-        if spec.impl == 'ours':
-            model = build_ours(settings, spec.with_cp)
-            model.load_state_dict(state)
-        elif spec.impl == 'mmpretrain':
-            model = build_mmpretrain(settings)
-            model.load_state_dict(state)
-        else:
+        if spec.impl == 'timm':
             model = build_timm(settings)
-            model.load_state_dict(to_timm_state_dict(state))
+            model.load_state_dict(from_mm_layout(state, 'timm'))
+        else:
+            model = build_ours(settings, spec.with_cp) if spec.impl == \
+                'ours' else build_mmpretrain(settings)
+            load_weights(model, state)
         model = model.to(settings.device)
         if spec.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -324,6 +307,7 @@ class Candidate:
 def count_macs(settings: BenchmarkSettings) -> int:
     """Multiply-accumulates of one image through the model."""
     model = build_ours(settings, with_cp=False).eval()
+    model.backbone.fuse_eval = False  # count the model's own convolutions
     x = torch.zeros(1, settings.in_channels, settings.img_size,
                     settings.img_size)
     counter = FlopCounterMode(display=False)
@@ -369,16 +353,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_times(fns: Dict[str, Callable[[], object]], warmup: int,
-                      rounds: int, device: str) -> Dict[str, List[float]]:
-    """Seconds per call of each function, the order rotating every round."""
+def interleaved_times(
+        fns: Dict[str, Callable[[], object]],
+        warmup: int,
+        rounds: int,
+        device: str,
+        progress: Callable[[str], object] = lambda _: None
+) -> Dict[str, List[float]]:
+    """Seconds per call of each function, the order rotating every round;
+    ``progress`` is told each round."""
     names = list(fns)
-    for _ in range(warmup):
+    for w in range(warmup):
+        progress(f'  warm-up {w + 1}/{warmup}')
         for name in names:
             fns[name]()
     _sync(device)
     times: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(rounds):
+        progress(f'  round {r + 1}/{rounds}')
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             _sync(device)
@@ -511,8 +503,13 @@ def machine_description(device: str) -> str:
             f'{", " + "+".join(bf16) if bf16 else ""}')
 
 
-def run_benchmark(settings: BenchmarkSettings) -> dict:
+def run_benchmark(
+        settings: BenchmarkSettings,
+        progress: Callable[[str], object] = lambda _: None) -> dict:
     """Build every candidate, time them interleaved and return a report.
+
+    ``progress`` (e.g. ``print``) is told each step as it starts: each
+    candidate as it is built and measured, each timing round.
 
     Returns:
         dict: JSON-serialisable ``settings``, ``machine``,
@@ -532,6 +529,7 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
     randomize_bn(reference, gen)
     state = reference.state_dict()
     reference = reference.eval().to(settings.device)
+    reference.backbone.fuse_eval = False  # the plain fp32 model
     macs = count_macs(settings)
     shape = (settings.batch_size, settings.in_channels, settings.img_size,
              settings.img_size)
@@ -561,6 +559,7 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
         fns = {}
         diffs = {}
         for name, c in cands.items():
+            progress(f'{mode}: building and checking {name}')
             inp = c.prepare(x)
             if mode == 'inference':
                 fns[name] = lambda c=c, i=inp: c.infer(i)
@@ -569,8 +568,9 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
                 fns[name] = lambda c=c, i=inp: c.train_step(i, labels)
         for probe in probes.values():
             fns.update(probe.fns)
+        progress(f'{mode}: timing {", ".join(cands)} and the GEMM probes')
         times = interleaved_times(fns, settings.warmup, settings.rounds,
-                                  settings.device)
+                                  settings.device, progress)
         gemm = {
             name: probes[name.split(':')[-1]].flops /
             statistics.median(times[name]) / 1e9
@@ -597,7 +597,9 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
                 gflops=gflops,
                 gemm_fraction=gflops / best_gemm[c.dtype],
                 max_abs_diff=diffs.get(name))
+            progress(f'{mode}: {name}: {ips:.1f} img/s')
             if settings.memory:
+                progress(f'{mode}: {name}: measuring peak memory')
                 rows[name]['peak_mem_bytes'] = peak_memory(
                     fns[name], settings.device)
         gemm_best = {

@@ -10,12 +10,11 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from mmpretrain.registry import MODELS
-from ..engine import check_fits, load_checkpoint_file
-from ..engine.checkpoint import atomic_save_bytes
-from ..engine.launch import load_config
+from ..engine.checkpoint import load_checkpoint_file, load_weights
+from ..engine.config import load_config
+from ..utils import UserError, atomic_save_bytes, refuse_overwrite
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
@@ -25,7 +24,7 @@ MAX_OPSET = 23
 DEFAULT_OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported graph disagrees with PyTorch or does not run."""
 
 
@@ -68,8 +67,7 @@ def build_classifier(config: Union[str, Config],
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(model_cfg)
     if state is not None:
-        check_fits(model, state, checkpoint, strict=True)
-        _load_checkpoint_to_model(model, state, strict=True)
+        load_weights(model, state, name=checkpoint)
     return model.eval()
 
 
@@ -82,7 +80,7 @@ def _input_channels(model: nn.Module) -> int:
                      'from: pass them in input_shape.')
 
 
-def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
+def check_export_args(out_file: str, opset: int, force: bool) -> str:
     """Validate the output path and opset before any work is done.
 
     Returns:
@@ -91,7 +89,7 @@ def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
     Raises:
         ValueError: ``opset`` is out of range or ``out_file`` is not .onnx.
         OSError: ``out_file`` is a directory, exists (without
-            ``overwrite``), or its directory is missing or not writable.
+            ``force``), or its directory is missing or not writable.
     """
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(
@@ -104,10 +102,7 @@ def check_export_args(out_file: str, opset: int, overwrite: bool) -> str:
     if osp.isdir(out_file):
         raise IsADirectoryError(
             f'Output {out_file!r} is a directory: name an .onnx file.')
-    if osp.exists(out_file) and not overwrite:
-        raise FileExistsError(
-            f'Output {out_file!r} exists: remove it or pass overwrite=True '
-            '(--overwrite) to replace it.')
+    refuse_overwrite(out_file, force)
     out_dir = osp.dirname(out_file)
     if not osp.isdir(out_dir):
         raise FileNotFoundError(
@@ -218,7 +213,7 @@ def export_onnx(model: nn.Module,
                 opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False,
                 atol: float = 1e-4,
-                overwrite: bool = False) -> Dict[int, float]:
+                force: bool = False) -> Dict[int, float]:
     """Export a classifier's logits to ONNX, checked with onnxruntime.
 
     The graph takes an already normalized ``(B, C, H, W)`` float batch
@@ -238,7 +233,7 @@ def export_onnx(model: nn.Module,
             Defaults to False.
         atol (float): Largest allowed absolute difference of the logits.
             Defaults to 1e-4.
-        overwrite (bool): Replace an existing ``out_file``. Defaults to
+        force (bool): Replace an existing ``out_file``. Defaults to
             False.
 
     Returns:
@@ -247,7 +242,7 @@ def export_onnx(model: nn.Module,
     Example:
         >>> import os.path as osp, tempfile
         >>> from mmpretrain.registry import MODELS
-        >>> from convmixer_mm.deploy import export_onnx
+        >>> from convmixer_mm.apis.onnx_export import export_onnx
         >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=4)
         >>> model = MODELS.build(dict(
         ...     type='ImageClassifier',
@@ -259,7 +254,7 @@ def export_onnx(model: nn.Module,
         >>> print(sorted(diffs), max(diffs.values()) < 1e-4)
         [1, 3] True
     """
-    out_file = check_export_args(out_file, opset, overwrite)
+    out_file = check_export_args(out_file, opset, force)
     if not getattr(model, 'with_head', False):
         raise ValueError('Only classifiers with a head can be exported: the '
                          'config needs model.head.')

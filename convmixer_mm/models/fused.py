@@ -1,0 +1,165 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Exact inference-time fusion of ConvMixer's layers.
+
+An eval-mode ConvMixer block runs seven memory passes over its activation:
+depthwise conv, act, BN, residual add, 1x1 conv, act, BN. The fused block
+below runs four, with the same arithmetic up to float rounding:
+
+- the activation (exact GELU or ReLU) runs inside the convolution as a
+  oneDNN post-op (``torch.ops.mkldnn._convolution_pointwise``), so the
+  conv output is activated while still in cache;
+- BN in eval mode is ``x * scale + shift``; the residual branch's shift
+  moves into the bias of the following 1x1 conv (which is linear and only
+  reads the residual sum), leaving one ``addcmul`` for scale and add;
+- the block's last BN is one ``addcmul``.
+
+The BN that follows the convolution cannot be folded into the conv's
+weights because the activation sits between them; the BN after the 1x1
+conv cannot be folded into the next depthwise conv because of its zero
+padding.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: oneDNN post-op names and algorithms of the activations it fuses.
+POST_OPS = {nn.GELU: ('gelu', 'none'), nn.ReLU: ('relu', '')}
+
+
+def fusion_problem(conv: nn.Conv2d, act: nn.Module, bn: nn.Module) -> str:
+    """Why ``bn(act(conv(x)))`` cannot be fused, or '' if it can."""
+    if type(act) not in POST_OPS or \
+            getattr(act, 'approximate', 'none') != 'none':
+        return f'the activation {act!r} is not the exact GELU or ReLU'
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or \
+            not bn.track_running_stats:
+        return f'{bn!r} is not a BatchNorm with running statistics'
+    return ''
+
+
+def bn_affine(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(scale, shift)`` with ``bn(x) == x * scale + shift``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        shift = shift + bn.bias
+    return scale.detach(), shift.detach()
+
+
+class FusedConvActBN(nn.Module):
+    """``BN(act(conv(x)))`` in eval mode as one conv and one ``addcmul``.
+
+    It holds a snapshot of the weights (buffers, not parameters): rebuild
+    it after the source modules change.
+
+    Args:
+        conv (nn.Conv2d): A convolution with integer or ``'same'`` padding
+            (which, for even kernels, pads one more pixel on the right and
+            bottom: done here by an explicit ``F.pad``).
+        act (nn.Module): The exact GELU or ReLU after it.
+        bn (nn.Module): The eval-mode BN after the activation.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module, bn: nn.Module) -> None:
+        super().__init__()
+        problem = fusion_problem(conv, act, bn)
+        if problem:
+            raise TypeError(f'Cannot fuse: {problem}.')
+        self.post_op = POST_OPS[type(act)]
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else \
+            weight.new_zeros(weight.shape[0])
+        scale, shift = bn_affine(bn)
+        self.register_buffer('weight', weight.clone())
+        self.register_buffer('bias', bias.clone())
+        self.register_buffer('scale', scale.view(1, -1, 1, 1).clone())
+        self.register_buffer('shift', shift.view(1, -1, 1, 1).clone())
+        self.pad: Tuple[int, ...] = ()
+        padding = conv.padding
+        if padding == 'same':
+            for k, d in zip(conv.kernel_size[::-1], conv.dilation[::-1]):
+                total = d * (k - 1)
+                self.pad += (total // 2, total - total // 2)
+            padding = (0, 0)
+        self.conv_args: Tuple[List[int], List[int], List[int], int] = (
+            list(padding), list(conv.stride), list(conv.dilation),
+            conv.groups)
+        self._packed: Dict[tuple, torch.Tensor] = {}
+
+    def conv_act(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``act(conv(x))``, fused by oneDNN on CPU."""
+        padding, stride, dilation, groups = self.conv_args
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.pad:
+            x = F.pad(x, self.pad)
+        if x.device.type == 'cpu' and torch.backends.mkldnn.is_available() \
+                and x.dtype in (torch.float32, torch.bfloat16):
+            attr, algorithm = self.post_op
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self._packed_weight(x), self.bias.to(x.dtype), padding,
+                stride, dilation, groups, attr, [], algorithm)
+        y = F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype),
+                     stride, padding, dilation, groups)
+        return F.gelu(y) if self.post_op[0] == 'gelu' else F.relu(y)
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout, reordered once per shape.
+
+        A plain weight is reordered on every call, a sizeable part of a
+        1x1 conv's time at small batch sizes. The cache is keyed on the
+        weight's storage and version, so ``load_state_dict`` and ``.to()``
+        invalidate it.
+        """
+        key = (tuple(x.shape), x.dtype, self.weight.data_ptr(),
+               self.weight._version)
+        if key not in self._packed:
+            padding, stride, dilation, groups = self.conv_args
+            self._packed.clear()
+            self._packed[key] = \
+                torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight.to(x.dtype), padding, stride, dilation,
+                    groups, list(x.shape))
+        return self._packed[key]
+
+    def __getstate__(self) -> dict:
+        # oneDNN tensors cannot be pickled or deep-copied; they are rebuilt.
+        state = super().__getstate__()
+        state['_packed'] = {}
+        return state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_act(x)
+        return torch.addcmul(self.shift.to(y.dtype), y,
+                             self.scale.to(y.dtype), out=y)
+
+
+class FusedConvMixerBlock(nn.Module):
+    """One eval-mode ConvMixer block in four memory passes.
+
+    Args:
+        block (nn.Sequential): ``Sequential(Residual(Sequential(dwconv,
+            act, BN)), conv1x1, act, BN)`` of a ``ConvMixerMM``. Its drop
+            path, the identity in eval mode, is left out.
+    """
+
+    def __init__(self, block: nn.Sequential) -> None:
+        super().__init__()
+        residual, pwconv, act, bn = block
+        # The residual BN's shift reaches the 1x1 conv through the sum only,
+        # so it becomes part of that conv's bias: W(x + s*h + t) + b
+        # == W(x + s*h) + (W t + b).
+        self.dw = FusedConvActBN(*residual.fn)
+        self.pw = FusedConvActBN(pwconv, act, bn)
+        weight = self.pw.weight.flatten(1)
+        self.pw.bias += weight @ self.dw.shift.flatten()
+        self.dw.shift.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw.conv_act(x)
+        x = torch.addcmul(x, h, self.dw.scale.to(h.dtype), out=h)
+        return self.pw(x)
