@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import mmpretrain
-from convmixer_mm.converter import CheckpointError, from_mm_layout
-from convmixer_mm.models import CompileModelHook, ConvMixerMM
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.engine.checkpoint import CheckpointError, from_mm_layout
+from convmixer_mm.models import ConvMixerMM
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FASHION_CONFIG = osp.join(ROOT, 'configs', 'convmixer',
