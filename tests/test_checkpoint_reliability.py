@@ -20,7 +20,8 @@ from convmixer_mm.cli.launch import test as run_test
 from convmixer_mm.cli.launch import train
 from convmixer_mm.engine import CheckpointError, load_checkpoint_file
 from convmixer_mm.engine.checkpoint import weights_only_pickling
-from convmixer_mm.engine.work_dir import remove_stale_parts
+from convmixer_mm.engine.work_dir import (WorkDirBusyError,
+                                          remove_stale_parts, work_dir_lock)
 
 ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
 CONFIG = osp.join(ROOT, 'configs', 'convmixer',
@@ -130,6 +131,28 @@ def test_stale_parts_of_dead_processes_are_removed(tmp_path):
         (tmp_path / name).write_bytes(b'x')
     remove_stale_parts(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
+
+
+def test_work_dir_lock(tmp_path):
+    fresh = str(tmp_path / 'fresh')
+    with work_dir_lock(fresh):
+        with pytest.raises(WorkDirBusyError,
+                           match=f'in use by another run \\(pid '
+                           f'{os.getpid()} on {socket.gethostname()}\\)'):
+            with work_dir_lock(fresh):
+                pass
+        assert os.listdir(fresh) == ['.lock']
+    # A failed run leaves neither the work dir nor the lock it created.
+    with pytest.raises(KeyError):
+        with work_dir_lock(str(tmp_path / 'failed')):
+            raise KeyError
+    assert os.listdir(tmp_path) == ['fresh']
+    os.remove(osp.join(fresh, '.lock'))
+    (tmp_path / 'fresh' / 'epoch_1.pth').write_bytes(b'x')
+    with pytest.raises(KeyError):
+        with work_dir_lock(fresh):
+            raise KeyError
+    assert os.listdir(fresh) == ['epoch_1.pth']
 
 
 def listing(work_dir: str) -> dict:

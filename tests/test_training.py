@@ -474,3 +474,24 @@ def test_every_shipped_config_passes_the_checks(tmp_path):
                     (root / split).mkdir(parents=True, exist_ok=True)
                 dataset.data_root = str(root)
         check_config(cfg, launch.load_config(path), None, path, fields)
+
+
+def test_valid_cfg_options_pass_the_checks():
+    """New keys the receiving class takes, None for "the default" and an
+    int for a float are no errors."""
+    from convmixer_mm.engine.validate import check_config
+    options = {
+        'randomness.seed': None,
+        'model.backbone.drop_path_rate': 0.1,
+        'train_dataloader.dataset.indices': 8,
+        'optim_wrapper.optimizer.lr': 1,
+        'train_dataloader.persistent_workers': False,
+        'param_scheduler.0.by_epoch': True,
+        # Close to 'type', but the optimizer wrapper takes it.
+        'optim_wrapper.dtype': 'bfloat16',
+    }
+    cfg = launch.load_config(CONFIG)
+    cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+    launch.merge_cfg_options(cfg, options)
+    check_config(cfg, launch.load_config(CONFIG), options, CONFIG,
+                 ['train_dataloader'])

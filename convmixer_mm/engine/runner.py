@@ -5,6 +5,7 @@ import logging
 import os
 import os.path as osp
 import re
+import subprocess
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -43,6 +44,19 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     return osp.join(work_dir, max(found)[2]) if found else None
 
 
+def _slurm_to_torch_env() -> None:
+    """Set torch's rendezvous variables from a Slurm task's, as mmengine's
+    ``init_dist('slurm')`` does: rank 0 runs on the first node of the job,
+    on port ``MASTER_PORT`` (default 29500)."""
+    env = os.environ
+    env.setdefault('MASTER_ADDR', subprocess.check_output(
+        ['scontrol', 'show', 'hostnames', env['SLURM_NODELIST']],
+        text=True).split()[0])
+    env.setdefault('MASTER_PORT', '29500')
+    env.update(RANK=env['SLURM_PROCID'], WORLD_SIZE=env['SLURM_NTASKS'],
+               LOCAL_RANK=env['SLURM_LOCALID'])
+
+
 # mmengine's RUNNERS, not mmpretrain's: tools (ours and mmpretrain's) build
 # `runner_type` through the root registry, which does not switch scope.
 @RUNNERS.register_module()
@@ -60,12 +74,17 @@ class ConvMixerRunner(Runner):
       unsafe or mismatching checkpoint raises :class:`CheckpointError` with
       the fix. Testing and resuming need every key and shape to match;
       ``load_from`` for fine-tuning tolerates a different ``head``.
+<<<<<<< HEAD
+    - Without an accelerator, ``launcher='pytorch'`` and ``'slurm'`` run
+      DDP on CPU with the gloo backend.
+=======
     - Without an accelerator, ``launcher='pytorch'`` runs DDP on CPU with
       the gloo backend.
     - A resumed run is seeded with the checkpoint's seed from the start, so
       its sampler and dataloader workers are seeded as before; a full disk
       while saving raises :class:`CheckpointError`, keeping the previous
       checkpoints.
+>>>>>>> main
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -83,9 +102,12 @@ class ConvMixerRunner(Runner):
         super().__init__(*args, **kwargs)
 
     def setup_env(self, env_cfg: dict) -> None:
-        """Set up the environment; init gloo for CPU-only distributed runs."""
-        if (self.distributed and self.launcher == 'pytorch'
-                and not is_distributed() and not has_accelerator()):
+        """Set up the environment; init gloo for CPU-only distributed runs
+        (mmengine's ``init_dist`` would select a CUDA device)."""
+        if (self.launcher in ('pytorch', 'slurm') and not is_distributed()
+                and not has_accelerator()):
+            if self.launcher == 'slurm':
+                _slurm_to_torch_env()
             torch_dist.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
 

@@ -42,8 +42,9 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
     The lock is a ``flock`` on ``WORK_DIR/.lock``, which the kernel releases
     when its process ends, however it ends: a killed run never leaves it
     stuck. Only the first process of a distributed run (``RANK`` or
-    ``SLURM_PROCID`` 0) takes it. A busy work dir is left untouched, and
-    one created here is removed again if the run fails before writing.
+    ``SLURM_PROCID`` 0) takes it. A busy work dir is left untouched; if the
+    run fails, the lock file and work dir are removed again when this
+    created them and nothing else was written.
 
     Args:
         work_dir (str): The run's work dir; created if missing.
@@ -56,26 +57,28 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
     if rank != '0':
         yield
         return
-    created = not osp.isdir(work_dir)
-    os.makedirs(work_dir, exist_ok=True)
     lock = osp.join(work_dir, '.lock')
+    created = [path for path in (lock, work_dir) if not osp.exists(path)]
+    os.makedirs(work_dir, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 256).decode(errors='replace').strip()
-            raise WorkDirBusyError(
-                f'the work dir {work_dir!r} is in use by another run '
-                f'({holder or "starting"}): wait for it to end, stop it, or '
-                'pass another --work-dir.') from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 256).decode(errors='replace').strip()
+        os.close(fd)
+        raise WorkDirBusyError(
+            f'the work dir {work_dir!r} is in use by another run '
+            f'({holder or "starting"}): wait for it to end, stop it, or '
+            'pass another --work-dir.') from None
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
         remove_stale_parts(work_dir)
         yield
     except BaseException:
-        if created and os.listdir(work_dir) == ['.lock']:
+        if lock in created:
             os.remove(lock)
+        if work_dir in created and not os.listdir(work_dir):
             os.rmdir(work_dir)
         raise
     finally:
