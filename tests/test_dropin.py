@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import mmpretrain
-from convmixer_mm.converter import CheckpointError, from_mm_layout
-from convmixer_mm.models import CompileModelHook, ConvMixerMM
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.engine.checkpoint import CheckpointError, from_mm_layout
+from convmixer_mm.models import ConvMixerMM
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FASHION_CONFIG = osp.join(ROOT, 'configs', 'convmixer',
@@ -74,6 +75,7 @@ def run_test_py(*args: str) -> str:
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_test_py_is_quiet(tiny_checkpoint, tmp_path):
     out = run_test_py(tiny_checkpoint, '--work-dir', str(tmp_path), '--out',
                       str(tmp_path / 'full.pkl'))
@@ -87,6 +89,7 @@ def test_test_py_is_quiet(tiny_checkpoint, tmp_path):
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 @pytest.mark.parametrize('tta', [False, True])
 def test_test_py_compact_out(tiny_checkpoint, tmp_path, tta):
     out = str(tmp_path / 'preds.npz')
@@ -129,6 +132,7 @@ def test_test_py_rejects_an_unknown_out_format(tiny_checkpoint, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_no_onehot_message_at_inference():
     # The ImageNet configs train with Mixup/CutMix; building them for
     # inference must not talk about one-hot labels.
@@ -147,6 +151,7 @@ def test_no_onehot_message_at_inference():
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_training_logs_by_time_as_well_as_by_iteration(tmp_path):
     # time_interval=0: a line after every iteration although interval=100;
     # scalars.json keeps only the regular (end of epoch) entry.
