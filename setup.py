@@ -65,7 +65,8 @@ setup(
     keywords='computer vision, image classification, ConvMixer, OpenMMLab',
     packages=find_packages(exclude=('configs', 'tools', 'demo', 'tests')),
     include_package_data=True,
-    package_data={'convmixer_mm': ['.mim/**/*', '.mim/*']},
+    # The C source of the depthwise conv kernel, compiled at first use.
+    package_data={'convmixer_mm': ['.mim/**/*', '.mim/*', 'models/ops/*.c']},
     python_requires='>=3.10',
     license='MIT',
     install_requires=[
@@ -82,7 +83,9 @@ setup(
     extras_require={
         'tests': [
             'pytest', 'timm', 'onnx', 'onnxruntime', 'onnxscript',
-            'tensorboard'
+            'tensorboard', 'openmim',
+            # mim imports pkg_resources, which setuptools 81 removed.
+            'setuptools<81'
         ],
         'mmcv': ['mmcv>=2.0.0,<2.4.0'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],

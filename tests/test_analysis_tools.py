@@ -254,12 +254,16 @@ def test_plot_curves_tool_on_a_real_run(study, tmp_path, capsys):
 
 
 @needs_fashion_mnist
-def test_use_tensorboard_writes_event_files(tmp_path):
+def test_tensorboard_vis_backend_writes_event_files(tmp_path):
     pytest.importorskip('tensorboard')
     from tensorboard.backend.event_processing.event_accumulator import \
         EventAccumulator
     config = tmp_path / 'resnet_tb.py'
-    config.write_text(f"_base_ = ['{FASHION[1]}']\nuse_tensorboard = True\n")
+    # mmengine's standard way, as documented in the README.
+    config.write_text(
+        f"_base_ = ['{FASHION[1]}']\n"
+        "visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), "
+        "dict(type='TensorboardVisBackend')])\n")
     result = train_one(
         Config.fromfile(str(config)), 'resnet_tb', Budget(1, 32, 32),
         str(tmp_path / 'run'))

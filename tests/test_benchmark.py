@@ -5,6 +5,7 @@ No timing assertions. About 10 s on 2 CPU cores.
 """
 import json
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -45,6 +46,13 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     ])
     table = capsys.readouterr().out
     assert 'ours+cl+fuse' in table and 'GEMM' in table
+    # Progress: each candidate as it is measured.
+    progress = table
+    for name in candidates:
+        assert f'inference: building and checking {name}\n' in progress
+        assert re.search(rf'inference: {re.escape(name)}: [\d.]+ img/s',
+                         progress)
+    assert 'round 2/2' in progress
 
     report = json.loads(out.read_text())
     assert report['settings']['in_channels'] == 1
@@ -75,7 +83,13 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
     readme.write_text('# x\n\n## Performance\n\nold text\n\n## Tests\n\nt\n')
     tool.main(['--readme', str(readme), str(out)])
     text = readme.read_text()
+    assert 'Updated the Performance section' in capsys.readouterr().out
     assert 'old text' not in text and text.endswith('## Tests\n\nt\n')
+    # Nothing changed: nothing written, and it says so.
+    mtime = readme.stat().st_mtime_ns
+    tool.main(['--readme', str(readme), str(out)])
+    assert 'already up to date' in capsys.readouterr().out
+    assert readme.stat().st_mtime_ns == mtime
     assert '| `ours+cl+fuse` |' in text and report['machine'] in text
     assert 'Fashion-MNIST config training step' in text
 

@@ -156,12 +156,17 @@ def test_builds_from_config_with_custom_imports(tmp_path):
     assert convmixer_mm.__version__
 
 
-@pytest.mark.parametrize('frozen_stages', [0, 1, 2])
-def test_frozen_stages(frozen_stages):
-    model = ConvMixerMM(TINY, frozen_stages=frozen_stages)
+@pytest.mark.parametrize('frozen_stages, freeze_stem', [(0, True), (1, False),
+                                                        (2, False), (2, True)])
+def test_frozen_stages(frozen_stages, freeze_stem):
+    # mmpretrain's meaning: k freezes stages[0..k-1]; the stem has its own
+    # switch.
+    model = ConvMixerMM(
+        TINY, frozen_stages=frozen_stages, freeze_stem=freeze_stem)
     assert model.train() is model
-    frozen = [model.stem, *model.stages[:frozen_stages]]
+    frozen = list(model.stages[:frozen_stages])
     trainable = list(model.stages[frozen_stages:])
+    (frozen if freeze_stem else trainable).append(model.stem)
     for module in frozen:
         assert all(not p.requires_grad for p in module.parameters())
         assert all(not m.training for m in module.modules())
@@ -171,7 +176,19 @@ def test_frozen_stages(frozen_stages):
     # Frozen BN statistics do not move during a training forward.
     before = model.stem[2].running_mean.clone()
     model(torch.randn(2, 3, 16, 16) * 5 + 3)
-    assert torch.equal(model.stem[2].running_mean, before)
+    assert torch.equal(model.stem[2].running_mean, before) == freeze_stem
+
+
+def test_frozen_stages_matches_mmpretrain():
+    ours = ConvMixerMM(TINY, frozen_stages=1).train()
+    theirs = MODELS.build(dict(type='ConvMixer', arch=TINY, frozen_stages=1))
+    theirs.train()  # returns None
+    assert ([n for n, p in ours.named_parameters() if p.requires_grad] ==
+            [n for n, p in theirs.named_parameters() if p.requires_grad])
+    assert ([n for n, m in ours.named_modules()
+             if isinstance(m, nn.BatchNorm2d) and m.training] ==
+            [n for n, m in theirs.named_modules()
+             if isinstance(m, nn.BatchNorm2d) and m.training])
 
 
 def test_no_freezing_by_default():
@@ -278,7 +295,7 @@ def test_bad_out_indices(out_indices):
         ConvMixerMM(TINY, out_indices=out_indices)
 
 
-@pytest.mark.parametrize('frozen_stages', [3, -2])
+@pytest.mark.parametrize('frozen_stages', [3, -1])
 def test_bad_frozen_stages(frozen_stages):
     with pytest.raises(ValueError, match=r'frozen_stages=.*out of range'):
         ConvMixerMM(TINY, frozen_stages=frozen_stages)

@@ -8,21 +8,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
+source tools/python.sh
 
 CONFIG=configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py
 WORK_DIR=${WORK_DIR:-work_dirs/fashion-mnist}
 IMAGE_INDEX=${IMAGE_INDEX:-0}
 
 start=$(date +%s)
-python tools/train.py "$CONFIG" --work-dir "$WORK_DIR"
+"$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR"
 echo "Training took $(($(date +%s) - start)) s."
 
 CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
-python tools/test.py "$CONFIG" "$CHECKPOINT" --work-dir "$WORK_DIR/test" \
+"$PYTHON" tools/test.py "$CONFIG" "$CHECKPOINT" --work-dir "$WORK_DIR/test" \
     --out "$WORK_DIR/test_metrics.json" --out-item metrics
 
 IMAGE="$WORK_DIR/fashion-mnist_test_$IMAGE_INDEX.png"
-python - "$IMAGE" "$IMAGE_INDEX" <<'PY'
+"$PYTHON" - "$IMAGE" "$IMAGE_INDEX" <<'PY'
 import sys
 
 from PIL import Image
@@ -38,5 +39,5 @@ print(f'{path}: Fashion-MNIST test image {index}, true label: '
       f"{test_set.metainfo['classes'][label]} (class {label})")
 PY
 
-python demo/image_demo.py "$IMAGE" "$CONFIG" --pretrained "$CHECKPOINT" \
+"$PYTHON" demo/image_demo.py "$IMAGE" "$CONFIG" --pretrained "$CHECKPOINT" \
     --topk 3 --device cpu

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-python -m pytest tests -q -p no:cacheprovider "$@"
+source tools/python.sh
+"$PYTHON" -m pytest tests -q -p no:cacheprovider "$@"

@@ -3,7 +3,9 @@
 #   [GPUS=8] bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT \
 #       [test.py options]
 # GPUS (default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5) and SRUN_ARGS
-# shape the job; one task per GPU.
+# shape the job; one task per GPU. GRES (default gpu:GPUS_PER_NODE) is the
+# generic resource asked per node: GRES= (empty) on CPU-only nodes, where
+# the tasks use gloo. MASTER_PORT (default 29500) is rank 0's port.
 set -euo pipefail
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG CHECKPOINT [test.py options]" >&2
@@ -16,18 +18,21 @@ CHECKPOINT=$4
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
+GRES=${GRES-gpu:$GPUS_PER_NODE}
 SRUN_ARGS=${SRUN_ARGS:-}
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
+source "$TOOLS/python.sh"
 
 # SRUN_ARGS is split on spaces on purpose.
 # shellcheck disable=SC2086
 PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
 srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \
-    --gres=gpu:"$GPUS_PER_NODE" \
+    ${GRES:+--gres="$GRES"} \
     --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" \
     --cpus-per-task="$CPUS_PER_TASK" \
     --kill-on-bad-exit=1 \
     $SRUN_ARGS \
-    python -u "$TOOLS/test.py" "$CONFIG" "$CHECKPOINT" --launcher=slurm "${@:5}"
+    "$PYTHON" -u "$TOOLS/test.py" "$CONFIG" "$CHECKPOINT" --launcher=slurm \
+    "${@:5}"

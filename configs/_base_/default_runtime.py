@@ -9,8 +9,9 @@ runner_type = 'ConvMixerRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    # The log line shows the ETA.
-    logger=dict(type='LoggerHook', interval=100),
+    # A log line with the ETA every 100 iterations, and at least every 10 s
+    # (convmixer_mm/engine/hooks.py).
+    logger=dict(type='ProgressLoggerHook', interval=100, time_interval=10),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
@@ -24,11 +25,9 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
+# Add dict(type='TensorboardVisBackend') for TensorBoard (README, Curves).
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
-# True (or --cfg-options use_tensorboard=True) adds TensorBoard event files
-# beside vis_data/scalars.json; needs `pip install -e '.[tensorboard]'`.
-use_tensorboard = False
 
 log_level = 'INFO'
 load_from = None

@@ -3,19 +3,22 @@
 
 Importing ``convmixer_mm`` registers ``model-index.yml`` with mmpretrain,
 so ``mmpretrain.list_models``, ``get_model`` and ``inference_model`` know
-our names, and registers a checkpoint loader for the official release's
-URLs that converts the weights as it loads them.
+our names, and registers checkpoint loaders for the official release's
+URLs and for local files that convert official and timm weights as they
+load them (so ``mmpretrain.get_model(..., pretrained=FILE)`` and
+``load_from`` never leave the model at random weights).
 """
 import os
 import os.path as osp
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from mmengine.runner import CheckpointLoader
 from modelindex.load_model_index import load
 
 from mmpretrain.apis import ModelHub
-from ..engine.checkpoint import (CheckpointError, download_checkpoint,
+from ..engine.checkpoint import (CheckpointError, detect_layout,
+                                 download_checkpoint, extract_state_dict,
                                  load_checkpoint_file)
 from ..utils import UserError
 from .converter import convert_state_dict
@@ -136,7 +139,34 @@ def load_from_official_release(filename: str, map_location=None) -> dict:
     return dict(state_dict=state, meta=meta)
 
 
+def load_from_local_any_layout(filename: str, map_location=None) -> Any:
+    """mmengine's loader for local files, converting ConvMixer checkpoints
+    of the official and timm layouts to ours; others load unchanged.
+
+    Raises:
+        CheckpointError: An official or timm file that does not convert;
+            the message gives the converter command.
+    """
+    checkpoint = load_checkpoint_file(filename, map_location)
+    try:
+        layout = detect_layout(extract_state_dict(checkpoint))
+    except CheckpointError:  # Holds no state dict: not for us to judge.
+        return checkpoint
+    if layout in (None, 'mmpretrain'):  # Ours, or another model's.
+        return checkpoint
+    try:
+        state, meta = convert_state_dict(checkpoint)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f'{filename} ({layout} layout) does not convert: {err}\nCheck '
+            f'it with `python {CONVERTER} {filename} converted.pth`.') from err
+    return dict(state_dict=state, meta=meta)
+
+
 def register_official_loader() -> None:
-    """Route the official URLs through :func:`load_from_official_release`."""
+    """Route the official URLs through :func:`load_from_official_release`
+    and local files through :func:`load_from_local_any_layout`."""
     CheckpointLoader.register_scheme(
         list(OFFICIAL_URL_PREFIXES), load_from_official_release, force=True)
+    CheckpointLoader.register_scheme('', load_from_local_any_layout,
+                                     force=True)

@@ -353,16 +353,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_times(fns: Dict[str, Callable[[], object]], warmup: int,
-                      rounds: int, device: str) -> Dict[str, List[float]]:
-    """Seconds per call of each function, the order rotating every round."""
+def interleaved_times(
+        fns: Dict[str, Callable[[], object]],
+        warmup: int,
+        rounds: int,
+        device: str,
+        progress: Callable[[str], object] = lambda _: None
+) -> Dict[str, List[float]]:
+    """Seconds per call of each function, the order rotating every round;
+    ``progress`` is told each round."""
     names = list(fns)
-    for _ in range(warmup):
+    for w in range(warmup):
+        progress(f'  warm-up {w + 1}/{warmup}')
         for name in names:
             fns[name]()
     _sync(device)
     times: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(rounds):
+        progress(f'  round {r + 1}/{rounds}')
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             _sync(device)
@@ -495,8 +503,13 @@ def machine_description(device: str) -> str:
             f'{", " + "+".join(bf16) if bf16 else ""}')
 
 
-def run_benchmark(settings: BenchmarkSettings) -> dict:
+def run_benchmark(
+        settings: BenchmarkSettings,
+        progress: Callable[[str], object] = lambda _: None) -> dict:
     """Build every candidate, time them interleaved and return a report.
+
+    ``progress`` (e.g. ``print``) is told each step as it starts: each
+    candidate as it is built and measured, each timing round.
 
     Returns:
         dict: JSON-serialisable ``settings``, ``machine``,
@@ -546,6 +559,7 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
         fns = {}
         diffs = {}
         for name, c in cands.items():
+            progress(f'{mode}: building and checking {name}')
             inp = c.prepare(x)
             if mode == 'inference':
                 fns[name] = lambda c=c, i=inp: c.infer(i)
@@ -554,8 +568,9 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
                 fns[name] = lambda c=c, i=inp: c.train_step(i, labels)
         for probe in probes.values():
             fns.update(probe.fns)
+        progress(f'{mode}: timing {", ".join(cands)} and the GEMM probes')
         times = interleaved_times(fns, settings.warmup, settings.rounds,
-                                  settings.device)
+                                  settings.device, progress)
         gemm = {
             name: probes[name.split(':')[-1]].flops /
             statistics.median(times[name]) / 1e9
@@ -582,7 +597,9 @@ def run_benchmark(settings: BenchmarkSettings) -> dict:
                 gflops=gflops,
                 gemm_fraction=gflops / best_gemm[c.dtype],
                 max_abs_diff=diffs.get(name))
+            progress(f'{mode}: {name}: {ips:.1f} img/s')
             if settings.memory:
+                progress(f'{mode}: {name}: measuring peak memory')
                 rows[name]['peak_mem_bytes'] = peak_memory(
                     fns[name], settings.device)
         gemm_best = {

@@ -15,7 +15,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..apis.complexity import count_complexity
-from ..engine.config import apply_tensorboard_switch, build_runner
+from ..engine.config import build_runner
 from .curves import Curve, epoch_curves, load_scalars, plot_curves
 
 
@@ -134,7 +134,7 @@ def train_one(cfg: Config, name: str, budget: Budget,
         RunResult: Params and FLOPs at the input size of the data, the
         last validation top-1, training throughput and wall time.
     """
-    cfg = apply_tensorboard_switch(apply_budget(cfg, budget, work_dir))
+    cfg = apply_budget(cfg, budget, work_dir)
     runner = build_runner(cfg)
     speed = TrainSpeedHook()
     runner.register_hook(speed)

@@ -142,5 +142,3 @@ def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(out_file, dpi=80)
     plt.close(fig)
-
-

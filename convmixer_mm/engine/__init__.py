@@ -3,7 +3,8 @@ from .checkpoint import (CheckpointError, check_fits, load_checkpoint_file,
                          load_weights, register_safe_globals,
                          route_remote_loads)
 from .config import ConfigError, build_runner, load_config
-from .hooks import CompileModelHook, SafeCheckpointHook, TestProgressBarHook
+from .hooks import (CompileModelHook, ProgressLoggerHook, SafeCheckpointHook,
+                    TestProgressBarHook)
 from .optim_wrapper import MixedPrecisionOptimWrapper
 from .runner import ConvMixerRunner
 from .scheduler import PiecewiseLinearLR
@@ -13,8 +14,8 @@ route_remote_loads()
 
 __all__ = [
     'CheckpointError', 'CompileModelHook', 'ConfigError', 'ConvMixerRunner',
-    'MixedPrecisionOptimWrapper', 'PiecewiseLinearLR', 'SafeCheckpointHook',
-    'TestProgressBarHook', 'build_runner', 'check_fits',
-    'load_checkpoint_file', 'load_config', 'load_weights',
+    'MixedPrecisionOptimWrapper', 'PiecewiseLinearLR', 'ProgressLoggerHook',
+    'SafeCheckpointHook', 'TestProgressBarHook', 'build_runner',
+    'check_fits', 'load_checkpoint_file', 'load_config', 'load_weights',
     'register_safe_globals'
 ]

@@ -29,33 +29,3 @@ def build_runner(cfg: Config) -> Runner:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
 
-
-def apply_tensorboard_switch(cfg: Config) -> Config:
-    """Log to TensorBoard as well when the config sets ``use_tensorboard``.
-
-    With ``use_tensorboard = True`` in a config (or ``--cfg-options
-    use_tensorboard=True``), mmengine's ``TensorboardVisBackend`` is added
-    next to the visualizer's other backends, so ``vis_data/scalars.json``
-    (and ``plot_curves.py``) keeps working and event files appear beside
-    it. ``cfg`` is changed in place and returned.
-
-    Raises:
-        ConfigError: TensorBoard is not installed.
-    """
-    if not cfg.get('use_tensorboard', False):
-        return cfg
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            'use_tensorboard=True needs TensorBoard: pip install '
-            "-e '.[tensorboard]' (or pip install tensorboard), or set "
-            'use_tensorboard=False.') from None
-    visualizer = cfg.setdefault('visualizer',
-                                dict(type='UniversalVisualizer'))
-    backends = list(
-        visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
-    if not any(b.get('type') == 'TensorboardVisBackend' for b in backends):
-        backends.append(dict(type='TensorboardVisBackend'))
-    visualizer['vis_backends'] = backends
-    return cfg

@@ -1,9 +1,11 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Hooks: checkpoints safe against kills and bit rot that resume exactly,
-a progress bar for testing, ``torch.compile`` for training."""
+progress (a training line every N iterations or T seconds, a test progress
+bar), ``torch.compile`` for training."""
 import os.path as osp
 import random
 import shutil
+import time
 import warnings
 from typing import Optional, Sequence
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.dist import is_main_process
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import CheckpointHook, Hook, LoggerHook
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
@@ -165,6 +167,49 @@ class TestProgressBarHook(Hook):
             self._bar.file.write('\n')
             self._bar.file.flush()
             self._bar = None
+
+
+@HOOKS.register_module()
+class ProgressLoggerHook(LoggerHook):
+    """mmengine's ``LoggerHook`` that also logs a training line (with the
+    ETA) whenever ``time_interval`` seconds have passed since the last one,
+    so a slow machine is never silent for long.
+
+    The extra lines go to the log only; ``vis_data/scalars.json`` keeps its
+    every-``interval`` entries.
+
+    Args:
+        time_interval (float): Longest silence in seconds. Defaults to 10.
+        **kwargs: ``LoggerHook``'s arguments, ``interval`` included.
+    """
+
+    def __init__(self, time_interval: float = 10., **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.time_interval = time_interval
+        self._last_line = time.monotonic()
+
+    def before_train(self, runner) -> None:
+        """Start the clock."""
+        self._last_line = time.monotonic()
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: int,
+                         data_batch: Optional[dict] = None,
+                         outputs: Optional[dict] = None) -> None:
+        """Log every ``interval`` iterations or ``time_interval`` s."""
+        regular = self.every_n_inner_iters(
+            batch_idx, self.interval) or self.end_of_epoch(
+                runner.train_dataloader, batch_idx)
+        now = time.monotonic()
+        if regular:
+            super().after_train_iter(runner, batch_idx, data_batch, outputs)
+            self._last_line = now
+        elif now - self._last_line >= self.time_interval:
+            _, log_str = runner.log_processor.get_log_after_iter(
+                runner, batch_idx, 'train')
+            runner.logger.info(log_str)
+            self._last_line = now
 
 
 @HOOKS.register_module()

@@ -1,16 +1,18 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """An mmengine ``Runner`` with safe, atomic checkpoints and CPU DDP."""
 import errno
+import logging
 import os
 import os.path as osp
 import re
+import subprocess
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import BaseLoop, Runner, find_latest_checkpoint
 
@@ -42,6 +44,19 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     return osp.join(work_dir, max(found)[2]) if found else None
 
 
+def _slurm_to_torch_env() -> None:
+    """Set torch's rendezvous variables from a Slurm task's, as mmengine's
+    ``init_dist('slurm')`` does: rank 0 runs on the first node of the job,
+    on port ``MASTER_PORT`` (default 29500)."""
+    env = os.environ
+    env.setdefault('MASTER_ADDR', subprocess.check_output(
+        ['scontrol', 'show', 'hostnames', env['SLURM_NODELIST']],
+        text=True).split()[0])
+    env.setdefault('MASTER_PORT', '29500')
+    env.update(RANK=env['SLURM_PROCID'], WORLD_SIZE=env['SLURM_NTASKS'],
+               LOCAL_RANK=env['SLURM_LOCALID'])
+
+
 # mmengine's RUNNERS, not mmpretrain's: tools (ours and mmpretrain's) build
 # `runner_type` through the root registry, which does not switch scope.
 @RUNNERS.register_module()
@@ -59,8 +74,8 @@ class ConvMixerRunner(Runner):
       unsafe or mismatching checkpoint raises :class:`CheckpointError` with
       the fix. Testing and resuming need every key and shape to match;
       ``load_from`` for fine-tuning tolerates a different ``head``.
-    - Without an accelerator, ``launcher='pytorch'`` runs DDP on CPU with
-      the gloo backend.
+    - Without an accelerator, ``launcher='pytorch'`` and ``'slurm'`` run
+      DDP on CPU with the gloo backend.
     - A resumed run is seeded with the checkpoint's seed from the start, so
       its sampler and dataloader workers are seeded as before; a full disk
       while saving raises :class:`CheckpointError`, keeping the previous
@@ -82,11 +97,34 @@ class ConvMixerRunner(Runner):
         super().__init__(*args, **kwargs)
 
     def setup_env(self, env_cfg: dict) -> None:
-        """Set up the environment; init gloo for CPU-only distributed runs."""
-        if (self.distributed and self.launcher == 'pytorch'
-                and not is_distributed() and not has_accelerator()):
+        """Set up the environment; init gloo for CPU-only distributed runs
+        (mmengine's ``init_dist`` would select a CUDA device)."""
+        if (self.launcher in ('pytorch', 'slurm') and not is_distributed()
+                and not has_accelerator()):
+            if self.launcher == 'slurm':
+                _slurm_to_torch_env()
             torch_dist.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
+
+    def _log_env(self, env_cfg: dict) -> None:
+        """Log the environment; without an accelerator, say gloo and CPU
+        processes where mmengine would print the config's nccl and a
+        "GPU number"."""
+        if has_accelerator():
+            super()._log_env(env_cfg)
+            return
+
+        def cpu_words(record: logging.LogRecord) -> bool:
+            record.msg = str(record.msg).replace('GPU number:',
+                                                 'CPU processes:')
+            return True
+
+        dist_cfg = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
+        self.logger.addFilter(cpu_words)
+        try:
+            super()._log_env(dict(env_cfg, dist_cfg=dist_cfg))
+        finally:
+            self.logger.removeFilter(cpu_words)
 
     def wrap_model(self, model_wrapper_cfg: Optional[dict],
                    model: torch.nn.Module) -> torch.nn.Module:
@@ -176,8 +214,9 @@ class ConvMixerRunner(Runner):
         checkpoint = source[1] if source[0] == filename else \
             load_checkpoint_file(filename, map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        # --tta wraps the model in a BaseTTAModel, which holds no weights.
         model = self.model.module if is_model_wrapper(
-            self.model) else self.model
+            self.model) or isinstance(self.model, BaseTTAModel) else self.model
         fine_tuning = isinstance(self._train_loop,
                                  BaseLoop) and not self._resume
         load_weights(model, checkpoint, strict or not fine_tuning, filename)

@@ -91,6 +91,20 @@ def _type_ok(value: Any, allowed: Sequence[type]) -> bool:
                                                   not isinstance(value, bool))
 
 
+def _accepted(path: str, node: Any) -> Optional[Dict[str, Any]]:
+    """The arguments that the classes receiving ``node`` take; None if
+    unknown."""
+    if not isinstance(node, dict):
+        return None
+    accepted = [_parameters(c) for c in _consumers(path, node)]
+    if not accepted or None in accepted:
+        return None
+    params: Dict[str, inspect.Parameter] = {}
+    for found in accepted:
+        params.update(found)
+    return params
+
+
 def _node(cfg: Config, key: str) -> Any:
     """The value at the dotted ``key`` (list indices allowed), or None."""
     node: Any = cfg._cfg_dict
@@ -136,14 +150,9 @@ class _Checker:
                    keys: Optional[Sequence[str]] = None) -> None:
         """Check ``keys`` (default: all) of ``node`` against the classes
         that receive it."""
-        if not isinstance(node, dict):
+        params = _accepted(path, node)
+        if params is None:
             return
-        accepted = [_parameters(c) for c in _consumers(path, node)]
-        if not accepted or None in accepted:
-            return
-        params: Dict[str, inspect.Parameter] = {}
-        for found in accepted:
-            params.update(found)
         for key in keys if keys is not None else list(node):
             full = f'{path}.{key}'
             if key not in params and key not in _BUILDER_KEYS:
@@ -161,14 +170,16 @@ class _Checker:
                                 for t in allowed if t is not type(None)))
 
     def check_options(self, base: Config) -> None:
-        """A new key that looks like an existing one is a typo; a value
-        must have the type of the value it replaces."""
+        """A new key that looks like an existing one, and that the class
+        receiving it does not take, is a typo; a value must have the type
+        of the value it replaces."""
         for key, value in self.options.items():
             parent, _, leaf = key.rpartition('.')
             node = _node(base, parent)
             if not isinstance(node, dict):
                 continue
-            if leaf not in node:
+            params = _accepted(parent, _node(self.cfg, parent)) or {}
+            if leaf not in node and leaf not in params:
                 close = difflib.get_close_matches(leaf,
                                                   list(node),
                                                   n=3,
@@ -178,10 +189,9 @@ class _Checker:
                         f'--cfg-options {key}={value}: the config has no '
                         f'{key!r}. Did you mean '
                         f'{", ".join(f"{parent}.{c}" for c in close)}?')
-                self.check_node(parent, _node(self.cfg, parent), [leaf])
-                continue
-            old = node[leaf]
-            for kind in (bool, int, float):
+            old = node.get(leaf)
+            # None means "the default" (a random seed, no limit, ...).
+            for kind in (bool, int, float) if value is not None else ():
                 if isinstance(old, kind):
                     if not _type_ok(value, _expected(kind)):
                         raise ConfigError(

@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 from .fused import FusedConvActBN, FusedConvMixerBlock, fusion_problem
+from .ops import DepthwiseConv2d
 
 
 class Residual(nn.Module):
@@ -28,18 +29,6 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.fn(x))
-
-
-def depthwise_conv(dims: int, kernel_size: int) -> nn.Conv2d:
-    """A depthwise conv with the official ``padding='same'``.
-
-    For odd kernels symmetric integer padding is the same arithmetic and
-    takes PyTorch's fast path. Even kernels keep ``'same'``, which pads one
-    more pixel on the right and bottom, exactly as the official model.
-    """
-    padding = kernel_size // 2 if kernel_size % 2 else 'same'
-    return nn.Conv2d(
-        dims, dims, kernel_size, groups=dims, padding=padding, bias=True)
 
 
 @contextlib.contextmanager
@@ -83,14 +72,22 @@ class ConvMixerMM(BaseBackbone):
             Defaults to ``dict(type='GELU')``.
         out_indices (int | Sequence[int]): Blocks whose outputs are
             returned; negative values count from the end. Defaults to -1.
-        frozen_stages (int): -1 freezes nothing, 0 the stem, ``k`` the stem
-            and the first ``k`` blocks. Defaults to -1.
+        frozen_stages (int): Freeze (``eval()`` and no gradients) the
+            first ``k`` blocks, ``stages[0..k-1]``, as mmpretrain's
+            ``ConvMixer`` does: 0 freezes nothing. Defaults to 0.
+        freeze_stem (bool): Freeze the patch embedding (``stem``) too,
+            which ``frozen_stages`` never does. Defaults to False.
         drop_path_rate (float): Stochastic depth rate on the residual
             branches, increasing linearly with depth. Defaults to 0, as in
             the paper.
         with_cp (bool): Use gradient checkpointing on each block to save
             memory. Outputs, gradients and BN statistics are unchanged.
             Defaults to False.
+        fast_dwconv (bool): Run the depthwise convs with the C kernel of
+            :class:`~convmixer_mm.models.ops.DepthwiseConv2d` where it
+            applies (fp32 and fp64 on CPU; training steps about twice as
+            fast). Results match ``nn.Conv2d`` to float rounding, and the
+            state dict is the same either way. Defaults to True.
         fuse_eval (bool): In eval mode without gradients (testing,
             validation, inference), run fused copies of the layers (see
             :mod:`convmixer_mm.models.fused`): the same outputs to float
@@ -128,9 +125,11 @@ class ConvMixerMM(BaseBackbone):
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='GELU'),
                  out_indices: Union[int, Sequence[int]] = -1,
-                 frozen_stages: int = -1,
+                 frozen_stages: int = 0,
+                 freeze_stem: bool = False,
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
+                 fast_dwconv: bool = True,
                  fuse_eval: bool = True,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -141,12 +140,13 @@ class ConvMixerMM(BaseBackbone):
         self.kernel_size = arch['kernel_size']
         self.in_channels = in_channels
         self.out_indices = self._parse_out_indices(out_indices, self.depth)
-        if not -1 <= frozen_stages <= self.depth:
+        if not 0 <= frozen_stages <= self.depth:
             raise ValueError(
-                f'frozen_stages={frozen_stages} is out of range: use -1 '
-                f'(none), 0 (stem) or 1..{self.depth} (stem and that many '
-                'blocks).')
+                f'frozen_stages={frozen_stages} is out of range: use 0 '
+                f'(none) to {self.depth} (that many blocks); freeze the '
+                'stem with freeze_stem=True.')
         self.frozen_stages = frozen_stages
+        self.freeze_stem = freeze_stem
         self.with_cp = with_cp
         self.fuse_eval = fuse_eval
         self._warned = set()
@@ -163,7 +163,8 @@ class ConvMixerMM(BaseBackbone):
             nn.Sequential(
                 Residual(
                     nn.Sequential(
-                        depthwise_conv(dims, self.kernel_size),
+                        DepthwiseConv2d(
+                            dims, self.kernel_size, fast=fast_dwconv),
                         build_activation_layer(act_cfg),
                         build_norm_layer(norm_cfg, dims)[1]), dpr[i]),
                 nn.Conv2d(dims, dims, kernel_size=1),
@@ -229,9 +230,9 @@ class ConvMixerMM(BaseBackbone):
         return tuple(parsed)
 
     def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.stem, *self.stages[:self.frozen_stages]]
+        frozen = list(self.stages[:self.frozen_stages])
+        if self.freeze_stem:
+            frozen.append(self.stem)
         for module in frozen:
             module.eval()
             for param in module.parameters():
@@ -245,6 +246,10 @@ class ConvMixerMM(BaseBackbone):
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not (self.with_cp and torch.is_grad_enabled()):
             return stage(x)
+        if torch.compiler.is_compiling():
+            # dynamo traces no context_fn, and its recomputation in the
+            # backward graph does not replay the BN statistics updates.
+            return cp.checkpoint(stage, x, use_reentrant=False)
         return cp.checkpoint(
             stage,
             x,

@@ -72,7 +72,8 @@ def fuse_convmixer(model: nn.Module) -> nn.Module:
             *[FusedConvMixerBlock(block) for block in backbone.stages])
         # The fused modules have no parameters to freeze or train, and are
         # already what fuse_eval would run.
-        backbone.frozen_stages = -1
+        backbone.frozen_stages = 0
+        backbone.freeze_stem = False
         backbone.fuse_eval = False
     # model.eval() keeps working; model.train() fails loudly.
     model.train = types.MethodType(_inference_only_train, model)

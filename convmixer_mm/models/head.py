@@ -17,6 +17,12 @@ class ConvMixerClsHead(ClsHead):
     ``ImageClassifier`` needs no neck and the keys are ``head.fc.*``. Loss,
     label smoothing and Mixup/CutMix soft targets come from ``ClsHead``.
 
+    It also stands in for ``LinearClsHead`` after a ``GlobalAveragePooling``
+    neck: pooled ``(B, C)`` features pass through ``pre_logits`` unchanged.
+    The one difference from ``LinearClsHead`` is deliberate: given a
+    ``(B, C, H, W)`` map, ``pre_logits`` returns its pooled ``(B, C)``
+    vector, not the input itself.
+
     Args:
         num_classes (int): Number of categories.
         in_channels (int): Channels of the backbone's last feature map.
@@ -53,8 +59,16 @@ class ConvMixerClsHead(ClsHead):
         self.fc = nn.Linear(in_channels, num_classes)
 
     def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
-        """Pool the last feature map to a ``(B, C)`` vector."""
-        return self.pool(feats[-1]).flatten(1)
+        """Pool the last feature map to ``(B, C)``; pooled input is kept."""
+        feat = feats[-1]
+        if feat.dim() == 2:
+            return feat
+        if feat.dim() == 4:
+            return self.pool(feat).flatten(1)
+        raise ValueError(
+            f'ConvMixerClsHead takes (B, C, H, W) feature maps or pooled '
+            f'(B, C) features, got shape {tuple(feat.shape)}: use a '
+            'backbone (and neck) that returns one of these.')
 
     def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         """Return the class scores."""

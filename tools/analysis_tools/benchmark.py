@@ -15,6 +15,7 @@ Examples::
         work_dirs/bench/*.json
 """
 import argparse
+import functools
 import json
 import os
 import os.path as osp
@@ -119,9 +120,12 @@ def have_timm() -> bool:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     if args.readme:
-        update_readme(args.readme, [args.model] + args.reports
-                      if args.model else args.reports)
-        print(f'Updated the Performance section of {args.readme}.')
+        changed = update_readme(
+            args.readme,
+            [args.model] + args.reports if args.model else args.reports)
+        print(f'Updated the Performance section of {args.readme}.' if changed
+              else f'The Performance section of {args.readme} is already '
+              'up to date.')
         return
     if args.model is None:
         sys.exit('Give a config file or an arch name.')
@@ -147,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         settings = BenchmarkSettings(
             arch=ConvMixerMM.parse_arch(args.model), **fields)
-    report = run_benchmark(settings)
+    report = run_benchmark(settings, functools.partial(print, flush=True))
     print(format_table(report))
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

@@ -24,6 +24,9 @@ train_dataloader = dict(
     batch_size=128,
     # The pipeline is cheap; a worker would take a core from the model.
     num_workers=0,
+    # Explicit, because mmpretrain's tools/train.py defaults it to True,
+    # which needs workers.
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -35,6 +38,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=256,
     num_workers=0,
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         data_root=data_root,

@@ -12,7 +12,10 @@ model = dict(
         # Images are loaded as BGR.
         to_rgb=True,
         # channels_last is faster on CPU (README, Performance).
-        channels_last=True),
+        channels_last=True,
+        # Mixup/CutMix need one-hot labels; said here, mmpretrain need not
+        # announce it on every start.
+        to_onehot=True),
     backbone=dict(type='ConvMixerMM'),
     head=dict(
         type='ConvMixerClsHead',
