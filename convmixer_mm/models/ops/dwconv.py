@@ -213,6 +213,7 @@ def block_kernel_applies(x: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled('cpu') and kernel_available())
 
 
+@torch.library.custom_op('convmixer_mm::dwconv_block', mutates_args=())
 def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
                  in_shift: Optional[torch.Tensor], weight: torch.Tensor,
                  bias: torch.Tensor, out_scale: torch.Tensor,
@@ -223,7 +224,8 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
     before, skipped when ``in_scale`` is None), returns
     ``x' + out_scale * act(conv(x', weight) + bias)``, the convolution
     depthwise with ``'same'`` zero padding. Inference only (no autograd);
-    see :func:`block_kernel_applies`.
+    see :func:`block_kernel_applies`. An op of its own, so that profiles
+    show it.
 
     Args:
         act (str): ``'relu'`` or ``'gelu'`` (exact).
