@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import mmpretrain
-from convmixer_mm.converter import CheckpointError, from_mm_layout
-from convmixer_mm.models import CompileModelHook, ConvMixerMM
+from convmixer_mm.apis.converter import CheckpointError, from_mm_layout
+from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.models import ConvMixerMM
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FASHION_CONFIG = osp.join(ROOT, 'configs', 'convmixer',
@@ -73,6 +74,7 @@ def run_test_py(*args: str) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_test_py_is_quiet(tiny_checkpoint, tmp_path):
     out = run_test_py(tiny_checkpoint, '--work-dir', str(tmp_path), '--out',
@@ -86,6 +88,7 @@ def test_test_py_is_quiet(tiny_checkpoint, tmp_path):
     assert re.search(r'accuracy/top1: [\d.]+', out)
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 @pytest.mark.parametrize('tta', [False, True])
 def test_test_py_compact_out(tiny_checkpoint, tmp_path, tta):
@@ -106,6 +109,7 @@ def test_test_py_compact_out(tiny_checkpoint, tmp_path, tta):
     assert os.path.getsize(out) < 100 * 100
 
 
+@pytest.mark.slow
 def test_test_py_help_names_the_out_forms_and_options():
     result = subprocess.run([sys.executable, 'tools/test.py', '--help'],
                             capture_output=True, text=True, cwd=ROOT)
@@ -115,6 +119,7 @@ def test_test_py_help_names_the_out_forms_and_options():
         assert option in text
 
 
+@pytest.mark.slow
 def test_test_py_rejects_an_unknown_out_format(tiny_checkpoint, tmp_path):
     result = subprocess.run(
         [sys.executable, 'tools/test.py', FASHION_CONFIG, tiny_checkpoint,
@@ -129,6 +134,7 @@ def test_test_py_rejects_an_unknown_out_format(tiny_checkpoint, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_no_onehot_message_at_inference():
     # The ImageNet configs train with Mixup/CutMix; building them for
     # inference must not talk about one-hot labels.
@@ -146,6 +152,7 @@ def test_no_onehot_message_at_inference():
     assert 'to_onehot' not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_training_logs_by_time_as_well_as_by_iteration(tmp_path):
     # time_interval=0: a line after every iteration although interval=100;
@@ -169,6 +176,7 @@ def test_training_logs_by_time_as_well_as_by_iteration(tmp_path):
         assert len(f.readlines()) == 1
 
 
+@pytest.mark.slow
 def test_compile_model_hook_with_cp_trains_like_eager():
     # dynamo cannot trace a checkpoint context_fn: under torch.compile the
     # blocks use the plain non-reentrant checkpoint, and the BN statistics

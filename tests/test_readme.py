@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from convmixer_mm.benchmark_report import update_readme
+from convmixer_mm.devtools.benchmark_report import update_readme
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 README = osp.join(ROOT, 'README.md')
