@@ -65,7 +65,8 @@ setup(
     keywords='computer vision, image classification, ConvMixer, OpenMMLab',
     packages=find_packages(exclude=('configs', 'tools', 'demo', 'tests')),
     include_package_data=True,
-    package_data={'convmixer_mm': ['.mim/**/*', '.mim/*']},
+    # The C source of the depthwise conv kernel, compiled at first use.
+    package_data={'convmixer_mm': ['.mim/**/*', '.mim/*', 'models/ops/*.c']},
     python_requires='>=3.10',
     license='MIT',
     install_requires=[

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import mmpretrain
-from convmixer_mm.apis.converter import CheckpointError, from_mm_layout
 from convmixer_mm.engine import CompileModelHook
+from convmixer_mm.engine.checkpoint import CheckpointError, from_mm_layout
 from convmixer_mm.models import ConvMixerMM
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -74,8 +74,8 @@ def run_test_py(*args: str) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.slow
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_test_py_is_quiet(tiny_checkpoint, tmp_path):
     out = run_test_py(tiny_checkpoint, '--work-dir', str(tmp_path), '--out',
                       str(tmp_path / 'full.pkl'))
@@ -88,8 +88,8 @@ def test_test_py_is_quiet(tiny_checkpoint, tmp_path):
     assert re.search(r'accuracy/top1: [\d.]+', out)
 
 
-@pytest.mark.slow
 @needs_fashion_mnist
+@pytest.mark.slow
 @pytest.mark.parametrize('tta', [False, True])
 def test_test_py_compact_out(tiny_checkpoint, tmp_path, tta):
     out = str(tmp_path / 'preds.npz')
@@ -152,8 +152,8 @@ def test_no_onehot_message_at_inference():
     assert 'to_onehot' not in result.stdout + result.stderr
 
 
-@pytest.mark.slow
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_training_logs_by_time_as_well_as_by_iteration(tmp_path):
     # time_interval=0: a line after every iteration although interval=100;
     # scalars.json keeps only the regular (end of epoch) entry.

@@ -43,6 +43,7 @@ def test_wheel_carries_configs_and_tools(tmp_path):
     wheel, = (tmp_path / 'dist').glob('convmixer_mm-*.whl')
     names = set(zipfile.ZipFile(wheel).namelist())
     assert 'convmixer_mm/models/convmixer.py' in names
+    assert 'convmixer_mm/models/ops/dwconv.c' in names
     assert 'convmixer_mm/.mim/tools/run_tests.sh' in names
     shipped = {n for n in names if n.startswith('convmixer_mm/.mim/configs/')}
     in_repo = {

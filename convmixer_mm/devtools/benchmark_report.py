@@ -266,6 +266,14 @@ def performance_section(reports: Sequence[dict],
          "compiles for tens of seconds. mmengine's own `compile=True` "
          'compiles the whole `train_step`, whose logging makes dynamo '
          'recompile every iteration: slower than eager.'),
+        ('- Depthwise conv: `convmixer_mm.models.ops.DepthwiseConv2d` runs '
+         'the large-kernel depthwise conv and its gradients in a small C '
+         "kernel on CPU (fp32; aten's weight gradient was most of a "
+         'training step), compiled at first use in seconds and cached in '
+         '`$CONVMIXER_MM_KERNEL_DIR` (default '
+         '`~/.cache/convmixer_mm/kernels`); on by default, '
+         '`backbone.fast_dwconv=False` turns it off; gradients within '
+         '1e-4 relative of `F.conv2d` (`tests/test_dwconv.py`).'),
         ('- Memory: `backbone.with_cp=True` checkpoints every block '
          '(identical outputs, gradients and BN statistics).'),
         '',

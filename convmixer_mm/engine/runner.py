@@ -74,17 +74,12 @@ class ConvMixerRunner(Runner):
       unsafe or mismatching checkpoint raises :class:`CheckpointError` with
       the fix. Testing and resuming need every key and shape to match;
       ``load_from`` for fine-tuning tolerates a different ``head``.
-<<<<<<< HEAD
     - Without an accelerator, ``launcher='pytorch'`` and ``'slurm'`` run
       DDP on CPU with the gloo backend.
-=======
-    - Without an accelerator, ``launcher='pytorch'`` runs DDP on CPU with
-      the gloo backend.
     - A resumed run is seeded with the checkpoint's seed from the start, so
       its sampler and dataloader workers are seeded as before; a full disk
       while saving raises :class:`CheckpointError`, keeping the previous
       checkpoints.
->>>>>>> main
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -1,0 +1,282 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""A depthwise ``'same'`` convolution with a fast backward on CPU.
+
+aten's CPU depthwise convolution spends most of a ConvMixer training step
+in its weight gradient. Here the forward, the input gradient (the forward
+convolution of the output gradient with the kernel rotated by 180 degrees,
+padded on the opposite sides) and the weight gradient run in the small C
+kernel ``dwconv.c``, over channels_last data, in float32 and float64.
+
+The kernel is compiled at first use with the system C compiler (``$CC``,
+else ``cc``), about a second, and cached in ``$CONVMIXER_MM_KERNEL_DIR``
+(default ``~/.cache/convmixer_mm/kernels``) under a name keyed by the
+source, the flags and the CPU, so processes and machines sharing the
+directory never load a stale or foreign build. Where there is no kernel
+(no compiler, not on CPU, other dtypes, autocast, ONNX export or
+TorchScript) :class:`DepthwiseConv2d` is a plain ``nn.Conv2d``.
+
+The ops are registered with ``torch.library``, so ``torch.compile`` keeps
+them as opaque calls.
+"""
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import os.path as osp
+import platform
+import shutil
+import subprocess
+import tempfile
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+
+SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'dwconv.c')
+CFLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-pthread')
+_FUNCTIONS = {
+    torch.float32: ('dwconv_forward_f32', 'dwconv_grad_weight_f32'),
+    torch.float64: ('dwconv_forward_f64', 'dwconv_grad_weight_f64'),
+}
+
+
+def kernel_dir() -> str:
+    """The directory of compiled kernels (``$CONVMIXER_MM_KERNEL_DIR``)."""
+    default = osp.join(
+        os.environ.get('XDG_CACHE_HOME', osp.expanduser('~/.cache')),
+        'convmixer_mm', 'kernels')
+    return os.environ.get('CONVMIXER_MM_KERNEL_DIR', default)
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the machine and its CPU flags."""
+    flags = ''
+    if osp.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            flags = next(
+                (line for line in f if line.startswith(('flags', 'Features'))),
+                '')
+    return f'{platform.machine()} {platform.processor()} {flags}'
+
+
+def _build(compiler: str, path: str) -> None:
+    """Compile to a private file and rename it into place, atomically."""
+    fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=osp.dirname(path))
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *CFLAGS, SOURCE, '-o', tmp],
+                       check=True,
+                       capture_output=True,
+                       text=True,
+                       timeout=300)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> Optional[ctypes.CDLL]:
+    """The compiled kernel, built at first use; None if it cannot be."""
+    compiler = os.environ.get('CC', 'cc')
+    with open(SOURCE, 'rb') as f:
+        source = f.read()
+    key = hashlib.sha256(b'\0'.join(
+        [source, compiler.encode(), ' '.join(CFLAGS).encode(),
+         _cpu_id().encode()])).hexdigest()[:16]
+    path = osp.join(kernel_dir(), f'dwconv_{key}.so')
+    try:
+        if not osp.exists(path):
+            if shutil.which(compiler) is None:
+                raise FileNotFoundError(
+                    f'no C compiler {compiler!r} on PATH (set $CC)')
+            os.makedirs(kernel_dir(), exist_ok=True)
+            print_log(
+                'compiling the depthwise conv kernel with '
+                f'{compiler} (one-time, cached in {kernel_dir()})',
+                logger='current')
+            _build(compiler, path)
+        return ctypes.CDLL(path)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, 'stderr', None) or e
+        print_log(
+            f'{detail}: using torch\'s depthwise conv, whose CPU backward '
+            'is several times slower; install a C compiler (e.g. gcc) or '
+            'set $CC to get the fast kernel.',
+            logger='current',
+            level=logging.WARNING)
+        return None
+
+
+@torch.compiler.assume_constant_result
+def kernel_available() -> bool:
+    """Whether the C kernel is built (compiles it at the first call)."""
+    return _library() is not None
+
+
+def _dims(x: torch.Tensor) -> Tuple[ctypes.c_long, ...]:
+    b, c, h, w = x.shape
+    return tuple(ctypes.c_long(n) for n in (b, h, w, c))
+
+
+def _ptr(t: Optional[torch.Tensor]) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
+
+
+@torch.library.custom_op('convmixer_mm::dwconv_nhwc', mutates_args=())
+def _conv(x: torch.Tensor, weight: torch.Tensor,
+          bias: Optional[torch.Tensor], pad: int) -> torch.Tensor:
+    """Depthwise conv of channels_last ``x``, ``pad`` on top and left.
+
+    The output has the input's size: the bottom and right get the rest.
+    """
+    # Compiled graphs may hand over other strides than eager's.
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = weight.contiguous()
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    fn = getattr(_library(), _FUNCTIONS[x.dtype][0])
+    fn(_ptr(x), _ptr(weight), _ptr(bias), _ptr(out), *_dims(x),
+       ctypes.c_int(weight.shape[-1]), ctypes.c_int(pad), ctypes.c_int(pad),
+       ctypes.c_int(torch.get_num_threads()))
+    return out
+
+
+@_conv.register_fake
+def _(x, weight, bias, pad):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op(
+    'convmixer_mm::dwconv_nhwc_grad_weight', mutates_args=())
+def _grad_weight(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int,
+                 pad: int) -> torch.Tensor:
+    """The weight gradient of :func:`_conv`, shaped ``(C, 1, K, K)``."""
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = x.new_empty(x.shape[1], 1, kernel_size, kernel_size)
+    fn = getattr(_library(), _FUNCTIONS[x.dtype][1])
+    fn(_ptr(grad_out), _ptr(x), _ptr(grad), *_dims(x),
+       ctypes.c_int(kernel_size), ctypes.c_int(pad), ctypes.c_int(pad),
+       ctypes.c_int(torch.get_num_threads()))
+    return grad
+
+
+@_grad_weight.register_fake
+def _(grad_out, x, kernel_size, pad):
+    return x.new_empty(x.shape[1], 1, kernel_size, kernel_size)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, _, pad = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.pad = pad
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    kernel_size = weight.shape[-1]
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _conv(grad, weight.flip(-2, -1).contiguous(), None,
+                       kernel_size - 1 - ctx.pad)
+    if ctx.needs_input_grad[1]:
+        grad_w = _grad_weight(grad, x, kernel_size, ctx.pad)
+    if ctx.needs_input_grad[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b, None
+
+
+_conv.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _use_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype in _FUNCTIONS and weight.dtype == x.dtype
+            and not torch.is_autocast_enabled('cpu')
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export() and kernel_available())
+
+
+#: ``act`` codes of ``dwconv_block`` in dwconv.c.
+BLOCK_ACTS = {'relu': 1, 'gelu': 2}
+
+
+def block_kernel_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`dwconv_block` runs on ``x`` (fp32 channels_last CPU
+    input, outside autocast, with the kernel built)."""
+    return (x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled('cpu') and kernel_available())
+
+
+def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
+                 in_shift: Optional[torch.Tensor], weight: torch.Tensor,
+                 bias: torch.Tensor, out_scale: torch.Tensor,
+                 act: str) -> torch.Tensor:
+    """An eval-mode ConvMixer residual branch and its sum, in one pass.
+
+    With ``x' = x * in_scale + in_shift`` per channel (the BN of the layer
+    before, skipped when ``in_scale`` is None), returns
+    ``x' + out_scale * act(conv(x', weight) + bias)``, the convolution
+    depthwise with ``'same'`` zero padding. Inference only (no autograd);
+    see :func:`block_kernel_applies`.
+
+    Args:
+        act (str): ``'relu'`` or ``'gelu'`` (exact).
+    """
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    kernel_size = weight.shape[-1]
+    pad = ctypes.c_int((kernel_size - 1) // 2)
+    _library().dwconv_block_f32(
+        _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(weight), _ptr(bias),
+        _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(out), *_dims(x),
+        ctypes.c_int(kernel_size), pad, pad,
+        ctypes.c_int(torch.get_num_threads()))
+    return out
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(C, C, K, groups=C, padding='same')``, fast on CPU.
+
+    The official ConvMixer's depthwise conv. For odd kernels the padding is
+    stored as the equal integer ``K // 2`` (PyTorch's fast path when this
+    falls back to ``nn.Conv2d``); even kernels keep ``'same'``, which pads
+    one more pixel on the right and bottom. Parameters, state dict and the
+    fallback are exactly ``nn.Conv2d``'s; see the module docstring for when
+    the C kernel runs. Channels_last input is the fast layout; contiguous
+    input is converted there and back.
+
+    Args:
+        channels (int): Input and output channels.
+        kernel_size (int): Side of the square kernel.
+        bias (bool): Add a learnt bias. Defaults to True.
+        fast (bool): Use the C kernel where it applies. Defaults to True.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 kernel_size: int,
+                 bias: bool = True,
+                 fast: bool = True) -> None:
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            groups=channels,
+            padding=kernel_size // 2 if kernel_size % 2 else 'same',
+            bias=bias)
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fast and _use_kernel(x, self.weight)):
+            return super().forward(x)
+        cl = torch.channels_last
+        # 'same' pads (K - 1) // 2 on the top and left, the rest after.
+        out = _conv(
+            x.contiguous(memory_format=cl), self.weight.contiguous(),
+            self.bias, (self.kernel_size[0] - 1) // 2)
+        return out if x.is_contiguous(memory_format=cl) else out.contiguous()
