@@ -22,6 +22,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import os.path as osp
 import platform
@@ -33,6 +34,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+from torch.utils.flop_counter import register_flop_formula
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'dwconv.c')
 CFLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-pthread')
@@ -190,6 +192,19 @@ def _backward(ctx, grad):
 
 
 _conv.register_autograd(_backward, setup_context=_setup_context)
+
+
+# FLOPs (two per multiply-add) for torch.utils.flop_counter, which counts
+# aten's convolutions but not custom ops.
+@register_flop_formula(torch.ops.convmixer_mm.dwconv_nhwc)
+def _conv_flops(x_shape, w_shape, *args, **kwargs) -> int:
+    return 2 * math.prod(x_shape) * w_shape[-2] * w_shape[-1]
+
+
+@register_flop_formula(torch.ops.convmixer_mm.dwconv_nhwc_grad_weight)
+def _grad_weight_flops(grad_shape, x_shape, kernel_size, *args,
+                       **kwargs) -> int:
+    return 2 * math.prod(x_shape) * kernel_size**2
 
 
 def _use_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
