@@ -1,6 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """ConvMixer for mmpretrain: importing this registers our modules."""
-from .apis import classify, load_model
+from . import apis  # noqa: F401  (registers our model names)
 from .datasets import FashionMNISTIDX
 from .engine import (ConvMixerRunner, MixedPrecisionOptimWrapper,
                      PiecewiseLinearLR)
@@ -10,5 +10,5 @@ from .version import __version__
 __all__ = [
     'ConvMixerMM', 'ConvMixerClsHead', 'ConvMixerDataPreprocessor',
     'FashionMNISTIDX', 'ConvMixerRunner', 'MixedPrecisionOptimWrapper',
-    'PiecewiseLinearLR', 'classify', 'load_model', '__version__'
+    'PiecewiseLinearLR', '__version__'
 ]

@@ -109,6 +109,7 @@ def test_test_py_compact_out(tiny_checkpoint, tmp_path, tta):
     assert os.path.getsize(out) < 100 * 100
 
 
+@pytest.mark.slow
 def test_test_py_help_names_the_out_forms_and_options():
     result = subprocess.run([sys.executable, 'tools/test.py', '--help'],
                             capture_output=True, text=True, cwd=ROOT)
@@ -118,6 +119,7 @@ def test_test_py_help_names_the_out_forms_and_options():
         assert option in text
 
 
+@pytest.mark.slow
 def test_test_py_rejects_an_unknown_out_format(tiny_checkpoint, tmp_path):
     result = subprocess.run(
         [sys.executable, 'tools/test.py', FASHION_CONFIG, tiny_checkpoint,
@@ -174,6 +176,7 @@ def test_training_logs_by_time_as_well_as_by_iteration(tmp_path):
         assert len(f.readlines()) == 1
 
 
+@pytest.mark.slow
 def test_compile_model_hook_with_cp_trains_like_eager():
     # dynamo cannot trace a checkpoint context_fn: under torch.compile the
     # blocks use the plain non-reentrant checkpoint, and the BN statistics

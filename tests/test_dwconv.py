@@ -204,3 +204,15 @@ def test_cuda_keeps_cudnn():
     out = conv(x)
     assert not ran_kernel(out)
     assert torch.equal(out, reference(conv, x))
+
+
+def test_flop_counter_counts_the_kernel():
+    from torch.utils.flop_counter import FlopCounterMode
+    conv = DepthwiseConv2d(16, 5)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = conv(x)
+        out.sum().backward()
+    assert ran_kernel(out)
+    # forward, input and weight gradients: 2 FLOPs per multiply-add each.
+    assert counter.get_total_flops() == 3 * 2 * (2 * 16 * 8 * 8) * 25

@@ -15,12 +15,14 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from conftest import randomize, tiny_classifier
 from convmixer_mm.engine import CompileModelHook
 from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
                                  fuse_convmixer)
 from convmixer_mm.models.fast import FusedConvMixerBlock
+from convmixer_mm.models.ops.dwconv import dwconv_block, kernel_available
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
@@ -280,3 +282,53 @@ def test_compile_hook_without_a_compiler_trains_eager(monkeypatch):
     with pytest.warns(UserWarning, match='no C\\+\\+ compiler'):
         CompileModelHook().before_run(types.SimpleNamespace(model=model))
     assert model.backbone._compiled_call_impl is None
+
+
+@pytest.mark.parametrize('act', ['relu', 'gelu'])
+@pytest.mark.parametrize('kernel', [3, 4, 9])
+@pytest.mark.parametrize('affine', [False, True])
+def test_dwconv_block_kernel_matches_torch(act, kernel, affine):
+    """The C inference block against F.conv2d: the pending BN applied on
+    the way in, zero 'same' padding, activation, scale and residual."""
+    if not kernel_available():
+        pytest.skip('no C compiler: the kernel is not built')
+    torch.manual_seed(kernel)
+    channels = 37  # not a multiple of the vector width
+    x = torch.randn(2, channels, 9, 11).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(channels, 1, kernel, kernel) / kernel
+    bias, out_scale = torch.randn(channels), torch.randn(channels)
+    scale, shift = (torch.rand(channels) + 0.5, torch.randn(channels)) \
+        if affine else (None, None)
+    xin = x if not affine else \
+        x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    conv = nn.Conv2d(channels, channels, kernel, padding='same',
+                     groups=channels)
+    conv.weight.data, conv.bias.data = weight, bias
+    with torch.no_grad():
+        h = conv(xin)
+    h = torch.relu(h) if act == 'relu' else F.gelu(h)
+    ref = xin + out_scale.view(1, -1, 1, 1) * h
+    out = dwconv_block(x, scale, shift, weight, bias, out_scale, act)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, ref) < FP32_TOL
+
+
+@pytest.mark.parametrize('act', ['GELU', 'ReLU'])
+def test_fused_paths_with_and_without_the_c_kernel_agree(act):
+    """channels_last fp32 input takes the C block kernel (each BN applied
+    by the next block), contiguous input the oneDNN-only path; both match
+    the unfused model at every out index."""
+    torch.manual_seed(0)
+    backbone = ConvMixerMM(
+        arch=dict(TINY, depth=3), act_cfg=dict(type=act),
+        out_indices=(0, 2))
+    randomize(backbone, 0)
+    x = torch.randn(2, 3, 36, 32)
+    refs = backbone(x)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        with torch.no_grad():
+            outs = backbone(x.contiguous(memory_format=layout))
+        assert len(outs) == 2
+        for out, ref in zip(outs, refs):
+            assert rel_err(out, ref.detach()) < FP32_TOL

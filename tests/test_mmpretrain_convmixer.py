@@ -22,6 +22,7 @@ def test_assertion():
         ConvMixer(out_indices=-100)
 
 
+@pytest.mark.slow
 @torch.no_grad()  # To save memory
 def test_convmixer():
 

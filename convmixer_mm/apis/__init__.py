@@ -1,14 +1,22 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .hub import (OFFICIAL_URL_PREFIXES, WeightsNotFoundError,
                   find_model_index, register_models, register_official_loader)
-from .inference import (classify, load_image, load_model, load_pretrained,
-                        topk_predictions)
 
 register_models()
 register_official_loader()
 
+_INFERENCE = ('classify', 'load_image', 'load_model', 'load_pretrained',
+              'topk_predictions')
 __all__ = [
-    'OFFICIAL_URL_PREFIXES', 'WeightsNotFoundError', 'classify',
-    'find_model_index', 'load_image', 'load_model', 'load_pretrained',
-    'register_models', 'register_official_loader', 'topk_predictions'
+    'OFFICIAL_URL_PREFIXES', 'WeightsNotFoundError', 'find_model_index',
+    'register_models', 'register_official_loader', *_INFERENCE
 ]
+
+
+def __getattr__(name: str):
+    """The inference API (and the converter it uses) loads on first use, so
+    that ``import convmixer_mm`` stays light."""
+    if name in _INFERENCE:
+        from . import inference
+        return getattr(inference, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

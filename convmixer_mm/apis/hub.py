@@ -21,7 +21,6 @@ from ..engine.checkpoint import (CheckpointError, detect_layout,
                                  download_checkpoint, extract_state_dict,
                                  load_checkpoint_file)
 from ..utils import UserError
-from .converter import convert_state_dict
 
 #: Where the official release lives (the README of locuslab/convmixer
 #: links the tmp-iclr mirror, which mmpretrain's metafile also uses).
@@ -122,6 +121,12 @@ def fetch_official_weights(url: str) -> str:
                                     reason=f'unavailable ({err})')) from err
 
 
+def _convert(checkpoint: Any) -> Tuple[dict, dict]:
+    # Imported on first use: `import convmixer_mm` need not load it.
+    from .converter import convert_state_dict
+    return convert_state_dict(checkpoint)
+
+
 def load_from_official_release(filename: str, map_location=None) -> dict:
     """mmengine checkpoint loader for the official URLs: fetch, convert.
 
@@ -134,7 +139,7 @@ def load_from_official_release(filename: str, map_location=None) -> dict:
     except CheckpointError:
         os.remove(path)  # never keep, nor trust later, a refused download
         raise
-    state, meta = convert_state_dict(checkpoint)
+    state, meta = _convert(checkpoint)
     meta['source_file'] = osp.basename(filename)
     return dict(state_dict=state, meta=meta)
 
@@ -155,7 +160,7 @@ def load_from_local_any_layout(filename: str, map_location=None) -> Any:
     if layout in (None, 'mmpretrain'):  # Ours, or another model's.
         return checkpoint
     try:
-        state, meta = convert_state_dict(checkpoint)
+        state, meta = _convert(checkpoint)
     except CheckpointError as err:
         raise CheckpointError(
             f'{filename} ({layout} layout) does not convert: {err}\nCheck '

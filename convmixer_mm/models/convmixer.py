@@ -14,7 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
-from .fused import FusedConvActBN, FusedConvMixerBlock, fusion_problem
+from .fused import (FusedConvActBN, FusedConvMixerBlock, fusion_problem,
+                    run_fused)
 from .ops import DepthwiseConv2d
 
 
@@ -280,20 +281,19 @@ class ConvMixerMM(BaseBackbone):
         self._warned.add(grid)
         warnings.warn(message)
 
-    def _layers(self) -> Tuple[nn.Module, Sequence[nn.Module]]:
-        """The stem and blocks that this forward runs: fused copies when
-        ``fuse_eval`` applies, else the modules themselves.
+    def _fused_layers(self) -> Optional[Tuple[nn.Module, list]]:
+        """Fused copies of the stem and blocks when ``fuse_eval`` applies,
+        else None.
 
         The copies are cached with the storage and version of every
         parameter and buffer, so an optimizer step, ``load_state_dict``,
         ``.to()`` or a BN update in train mode all rebuild them. Exports and
         compilation trace the plain modules.
         """
-        plain = self.stem, self.stages
         if self.training or not self.fuse_eval or torch.is_grad_enabled() \
                 or torch.compiler.is_compiling() \
                 or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-            return plain
+            return None
         key = tuple((t.data_ptr(), t._version)
                     for t in itertools.chain(self.parameters(),
                                              self.buffers()))
@@ -302,7 +302,7 @@ class ConvMixerMM(BaseBackbone):
             triples = [self.stem] + [b[0].fn for b in self.stages] + \
                 [b[1:] for b in self.stages]
             if any(fusion_problem(*t) for t in triples):
-                return plain
+                return None
             cached = (key, FusedConvActBN(*self.stem),
                       [FusedConvMixerBlock(b) for b in self.stages])
             self.__dict__['_fused'] = cached
@@ -322,10 +322,12 @@ class ConvMixerMM(BaseBackbone):
                 f'H, W), got {tuple(x.shape)}: set in_channels in the '
                 'backbone config to match the images (e.g. 1 for grayscale).')
         self._check_size(x.shape[-2:])
-        stem, stages = self._layers()
-        x = stem(x)
+        fused = self._fused_layers()
+        if fused is not None:
+            return run_fused(*fused, x, self.out_indices)
+        x = self.stem(x)
         outs = []
-        for i, stage in enumerate(stages):
+        for i, stage in enumerate(self.stages):
             x = self._run_stage(stage, x)
             if i in self.out_indices:
                 outs.append(x)

@@ -16,7 +16,7 @@ run() { echo "[benchmark_all] $*" >&2; "$PY" "$TOOL" --threads 2 "$@"; }
 for arch in 1024-20 768-32 1536-20; do
     run "configs/convmixer/convmixer-${arch}_10xb64_in1k.py" --mode train \
         --batch-size 8 --rounds "${ROUNDS_TRAIN:-5}" --warmup 1 --profile \
-        --candidates ours+cl mmpretrain timm \
+        --candidates ours+cl mmpretrain timm mmpretrain+cl timm+cl \
         --out "$OUT/convmixer-${arch}_b8_train.json"
 done
 

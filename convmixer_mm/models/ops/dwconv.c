@@ -67,14 +67,23 @@ typedef struct {
   void *out;        /* (B, H, W, C) or (C, K, K) */
   long B, H, W, C;
   int K, pad_top, pad_left;
+  /* Inference blocks only (NULL / 0 otherwise): the input is first mapped
+   * to in * in_scale + in_shift per channel (the previous block's BN, with
+   * the padding still zero), and the output becomes
+   * x + out_scale * act(conv(x) + bias), act 1 = ReLU, 2 = exact GELU. */
+  const void *in_scale, *in_shift, *out_scale;
+  int act;
 } dw_args;
 
 #define DW_T float
+#define DW_I int
 #define DW_NAME(name) name##_f32
 #include __FILE__
 #undef DW_T
+#undef DW_I
 #undef DW_NAME
 #define DW_T double
+#define DW_I long long
 #define DW_NAME(name) name##_f64
 #include __FILE__
 
@@ -96,6 +105,85 @@ DW_INLINE void DW_NAME(pack)(V *buf, const DW_T *img, const dw_args *a,
 
 DW_INLINE void DW_NAME(store)(DW_T *dst, V v, long n) {
   memcpy(dst, &v, n * sizeof(DW_T));
+}
+
+typedef DW_I DW_NAME(ivec) __attribute__((vector_size(DW_VBYTES)));
+#define VI DW_NAME(ivec)
+
+DW_INLINE V DW_NAME(select)(VI mask, V a, V b) {
+  return (V)(((VI)a & mask) | ((VI)b & ~mask));
+}
+
+/* exp(x) for x <= 0 (Cephes' expf polynomial, 2^n from the exponent
+ * bits); underflows to 0 below -87. */
+DW_INLINE V DW_NAME(exp_neg)(V x) {
+  const V lo = (V){0} - 87;
+  const VI small = x < lo;
+  x = DW_NAME(select)(small, lo, x);
+  const VI n = __builtin_convertvector(x * (DW_T)1.44269504088896341 - (DW_T)0.5, VI);
+  const V fn = __builtin_convertvector(n, V);
+  const V r = x - fn * (DW_T)0.693359375 + fn * (DW_T)2.12194440e-4;
+  V p = (V){0} + (DW_T)1.9875691500e-4;
+  p = p * r + (DW_T)1.3981999507e-3;
+  p = p * r + (DW_T)8.3334519073e-3;
+  p = p * r + (DW_T)4.1665795894e-2;
+  p = p * r + (DW_T)1.6666665459e-1;
+  p = p * r + (DW_T)5.0000001201e-1;
+  const V y = p * r * r + r + 1;
+  const int shift = sizeof(DW_T) == 4 ? 23 : 52;
+  const VI bias = (VI){0} + (sizeof(DW_T) == 4 ? 127 : 1023);
+  const V scale = (V)((n + bias) << shift);
+  return DW_NAME(select)(small, (V){0}, y * scale);
+}
+
+/* The exact GELU, x / 2 * (1 + erf(x / sqrt 2)), with the erf of
+ * Abramowitz & Stegun (DW_T)7.1.26 (absolute error below (DW_T)1.5e-7), as torch's
+ * vectorized CPU erf. */
+DW_INLINE V DW_NAME(gelu)(V x) {
+  const V z = x * (DW_T)0.70710678118654752;
+  const V az = DW_NAME(select)(z < 0, -z, z);
+  const V t = 1 / (1 + (DW_T)0.3275911 * az);
+  V p = (V){0} + (DW_T)1.061405429;
+  p = p * t - (DW_T)1.453152027;
+  p = p * t + (DW_T)1.421413741;
+  p = p * t - (DW_T)0.284496736;
+  p = p * t + (DW_T)0.254829592;
+  const V r = p * t * DW_NAME(exp_neg)(-az * az); /* 1 - erf(|z|) */
+  return (DW_T)0.5 * x * DW_NAME(select)(z < 0, r, 2 - r);
+}
+
+/* The inference block's epilogue over one image's channel block:
+ * out = x + scale * act(out), x read from the padded input. */
+static void DW_NAME(block_epilogue)(const V *xp, DW_T *out,
+                                    const dw_args *a, long c0, long n,
+                                    long wp) {
+  V s = {0};
+  for (long l = 0; l < n; ++l) s[l] = ((const DW_T *)a->out_scale)[c0 + l];
+  for (long h = 0; h < a->H; ++h)
+    for (long w = 0; w < a->W; ++w) {
+      DW_T *o = out + (h * a->W + w) * a->C;
+      V v = {0};
+      memcpy(&v, o, n * sizeof(DW_T));
+      v = a->act == 2 ? DW_NAME(gelu)(v)
+                      : DW_NAME(select)(v > 0, v, (V){0});
+      DW_NAME(store)(o, xp[(h + a->pad_top) * wp + w + a->pad_left] + s * v,
+                     n);
+    }
+}
+
+/* xp = xp * scale + shift inside the image, the padding staying zero. */
+static void DW_NAME(affine)(V *xp, const dw_args *a, long c0, long n,
+                            long wp) {
+  V s = {0}, t = {0};
+  for (long l = 0; l < n; ++l) {
+    s[l] = ((const DW_T *)a->in_scale)[c0 + l];
+    t[l] = ((const DW_T *)a->in_shift)[c0 + l];
+  }
+  for (long h = 0; h < a->H; ++h)
+    for (long w = 0; w < a->W; ++w) {
+      V *v = &xp[(h + a->pad_top) * wp + w + a->pad_left];
+      *v = *v * s + t;
+    }
 }
 
 /* out[oh, ow] = bias + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj];
@@ -151,6 +239,7 @@ static void DW_NAME(fwd_item)(const void *p, long item) {
   memset(xp, 0, hp * wp * sizeof(V));
   DW_NAME(pack)(xp, (const DW_T *)a->in + b * plane, a, c0, n, a->pad_top,
                 a->pad_left, wp);
+  if (a->in_scale) DW_NAME(affine)(xp, a, c0, n, wp);
   memset(wk, 0, sizeof(wk));
   for (long l = 0; l < n; ++l) {
     const DW_T *wc = w + (c0 + l) * K * K;
@@ -166,6 +255,7 @@ static void DW_NAME(fwd_item)(const void *p, long item) {
     case 9: DW_NAME(fwd_rows)(xp, wk, bias, out, a, n, wp, 9); break;
     default: DW_NAME(fwd_rows)(xp, wk, bias, out, a, n, wp, K);
   }
+  if (a->out_scale) DW_NAME(block_epilogue)(xp, out, a, c0, n, wp);
   free(xp);
 }
 
@@ -232,6 +322,22 @@ void DW_NAME(dwconv_forward)(const DW_T *in, const DW_T *w, const DW_T *bias,
                   nthreads);
 }
 
+/* One eval-mode ConvMixer residual branch and its sum, with the previous
+ * BN applied on the way in: x = in * in_scale + in_shift (in_scale NULL:
+ * x = in), out = x + out_scale * act(conv(x, w) + bias). */
+void DW_NAME(dwconv_block)(const DW_T *in, const DW_T *in_scale,
+                           const DW_T *in_shift, const DW_T *w,
+                           const DW_T *bias, const DW_T *out_scale, int act,
+                           DW_T *out, long B, long H, long W, long C, int K,
+                           int pad_top, int pad_left, int nthreads) {
+  const dw_args a = {in,       w,         bias,      NULL, out,
+                     B,        H,         W,         C,    K,
+                     pad_top,  pad_left,  in_scale,  in_shift,
+                     out_scale, act};
+  dw_parallel_for(DW_NAME(fwd_item), &a, B * ((C + VLEN - 1) / VLEN),
+                  nthreads);
+}
+
 /* gw[c, ki, kj] = sum_{b, oh, ow} go[b, oh, ow, c]
  *                 * in[b, oh + ki - pad_top, ow + kj - pad_left, c]. */
 void DW_NAME(dwconv_grad_weight)(const DW_T *go, const DW_T *in, DW_T *gw,
@@ -243,5 +349,6 @@ void DW_NAME(dwconv_grad_weight)(const DW_T *go, const DW_T *in, DW_T *gw,
 }
 
 #undef V
+#undef VI
 #undef VLEN
 #endif

@@ -22,6 +22,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import os.path as osp
 import platform
@@ -33,6 +34,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+from torch.utils.flop_counter import register_flop_formula
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'dwconv.c')
 CFLAGS = ('-O3', '-march=native', '-shared', '-fPIC', '-pthread')
@@ -192,12 +194,66 @@ def _backward(ctx, grad):
 _conv.register_autograd(_backward, setup_context=_setup_context)
 
 
+# FLOPs (two per multiply-add) for torch.utils.flop_counter, which counts
+# aten's convolutions but not custom ops.
+@register_flop_formula(torch.ops.convmixer_mm.dwconv_nhwc)
+def _conv_flops(x_shape, w_shape, *args, **kwargs) -> int:
+    return 2 * math.prod(x_shape) * w_shape[-2] * w_shape[-1]
+
+
+@register_flop_formula(torch.ops.convmixer_mm.dwconv_nhwc_grad_weight)
+def _grad_weight_flops(grad_shape, x_shape, kernel_size, *args,
+                       **kwargs) -> int:
+    return 2 * math.prod(x_shape) * kernel_size**2
+
+
 def _use_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == 'cpu' and x.dim() == 4
             and x.dtype in _FUNCTIONS and weight.dtype == x.dtype
             and not torch.is_autocast_enabled('cpu')
             and not torch.jit.is_scripting() and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export() and kernel_available())
+
+
+#: ``act`` codes of ``dwconv_block`` in dwconv.c.
+BLOCK_ACTS = {'relu': 1, 'gelu': 2}
+
+
+def block_kernel_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`dwconv_block` runs on ``x`` (fp32 channels_last CPU
+    input, outside autocast, with the kernel built)."""
+    return (x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled('cpu') and kernel_available())
+
+
+@torch.library.custom_op('convmixer_mm::dwconv_block', mutates_args=())
+def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
+                 in_shift: Optional[torch.Tensor], weight: torch.Tensor,
+                 bias: torch.Tensor, out_scale: torch.Tensor,
+                 act: str) -> torch.Tensor:
+    """An eval-mode ConvMixer residual branch and its sum, in one pass.
+
+    With ``x' = x * in_scale + in_shift`` per channel (the BN of the layer
+    before, skipped when ``in_scale`` is None), returns
+    ``x' + out_scale * act(conv(x', weight) + bias)``, the convolution
+    depthwise with ``'same'`` zero padding. Inference only (no autograd);
+    see :func:`block_kernel_applies`. An op of its own, so that profiles
+    show it.
+
+    Args:
+        act (str): ``'relu'`` or ``'gelu'`` (exact).
+    """
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    kernel_size = weight.shape[-1]
+    pad = ctypes.c_int((kernel_size - 1) // 2)
+    _library().dwconv_block_f32(
+        _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(weight), _ptr(bias),
+        _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(out), *_dims(x),
+        ctypes.c_int(kernel_size), pad, pad,
+        ctypes.c_int(torch.get_num_threads()))
+    return out
 
 
 class DepthwiseConv2d(nn.Conv2d):
