@@ -41,8 +41,8 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
 
     The lock is a ``flock`` on ``WORK_DIR/.lock``, which the kernel releases
     when its process ends, however it ends: a killed run never leaves it
-    stuck. Only the first process of a distributed run (``RANK`` or
-    ``SLURM_PROCID`` 0) takes it. A busy work dir is left untouched; if the
+    stuck. Only the first process of a distributed run (rank 0 in torchrun,
+    slurm or MPI's environment) takes it. A busy work dir is left untouched; if the
     run fails, the lock file and work dir are removed again when this
     created them and nothing else was written.
 
@@ -53,8 +53,12 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
         WorkDirBusyError: Another run holds it; the message names its
             process id and host.
     """
-    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
-    if rank != '0':
+    ranks = [
+        os.environ[key] for key in ('RANK', 'SLURM_PROCID',
+                                    'OMPI_COMM_WORLD_RANK', 'PMI_RANK')
+        if key in os.environ
+    ]
+    if ranks and ranks[0] != '0':
         yield
         return
     lock = osp.join(work_dir, '.lock')
