@@ -41,10 +41,10 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
 
     The lock is a ``flock`` on ``WORK_DIR/.lock``, which the kernel releases
     when its process ends, however it ends: a killed run never leaves it
-    stuck. Only the first process of a distributed run (rank 0 in torchrun,
-    slurm or MPI's environment) takes it. A busy work dir is left untouched; if the
-    run fails, the lock file and work dir are removed again when this
-    created them and nothing else was written.
+    stuck. Only the first process of a distributed run (rank 0 in
+    torchrun's, slurm's or MPI's environment) takes it. A busy work dir is
+    left untouched; if the run fails, the lock file and work dir are
+    removed again when this created them and nothing else was written.
 
     Args:
         work_dir (str): The run's work dir; created if missing.
