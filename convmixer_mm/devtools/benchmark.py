@@ -307,7 +307,11 @@ class Candidate:
 def count_macs(settings: BenchmarkSettings) -> int:
     """Multiply-accumulates of one image through the model."""
     model = build_ours(settings, with_cp=False).eval()
-    model.backbone.fuse_eval = False  # count the model's own convolutions
+    # Count aten's convolutions, whatever the fast paths would run.
+    model.backbone.fuse_eval = False
+    for module in model.modules():
+        if hasattr(module, 'fast'):
+            module.fast = False
     x = torch.zeros(1, settings.in_channels, settings.img_size,
                     settings.img_size)
     counter = FlopCounterMode(display=False)
