@@ -294,7 +294,7 @@ def performance_section(reports: Sequence[dict],
         lines += [f'From `{path}`:', '', format_markdown(report)]
     lines += [
         ('Re-measure everything with '
-         '`bash tools/analysis_tools/benchmark_all.sh` (about 15 minutes), '
+         '`bash tools/analysis_tools/benchmark_all.sh` (about 45 minutes on 2 cores), '
          'or only rewrite this section with `python '
          'tools/analysis_tools/benchmark.py --readme README.md ' +
          ' '.join(paths) + '`.'),

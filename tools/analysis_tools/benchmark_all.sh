@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure the README's Performance section: the interleaved runs behind
 # its targets (2 torch threads), then regenerate the section. Takes about
-# 30 minutes on 2 CPU cores. Reports go to docs/benchmarks/.
+# 45 minutes on 2 CPU cores. Reports go to docs/benchmarks/.
 # `ours+cl` is the model as our configs build it: channels_last, the fast
 # depthwise convolution when training, fused layers when inferring.
 set -euo pipefail
