@@ -17,6 +17,7 @@ from mmpretrain.registry import MODELS
 from .fused import (FusedConvActBN, FusedConvMixerBlock, fusion_problem,
                     run_fused)
 from .ops import DepthwiseConv2d
+from .ops.dwconv import block_kernel_applies
 
 
 class Residual(nn.Module):
@@ -323,11 +324,12 @@ class ConvMixerMM(BaseBackbone):
                 'backbone config to match the images (e.g. 1 for grayscale).')
         self._check_size(x.shape[-2:])
         fused = self._fused_layers()
-        if fused is not None:
+        if fused is not None and block_kernel_applies(x):
             return run_fused(*fused, x, self.out_indices)
-        x = self.stem(x)
+        stem, stages = fused or (self.stem, self.stages)
+        x = stem(x)
         outs = []
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
             if i in self.out_indices:
                 outs.append(x)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops.dwconv import block_kernel_applies, dwconv_block
+from .ops.dwconv import dwconv_block
 
 #: oneDNN post-op names and algorithms of the activations it fuses.
 POST_OPS = {nn.GELU: ('gelu', 'none'), nn.ReLU: ('relu', '')}
@@ -185,17 +185,13 @@ class FusedConvMixerBlock(nn.Module):
 def run_fused(stem: FusedConvActBN, blocks: Sequence[FusedConvMixerBlock],
               x: torch.Tensor,
               out_indices: Sequence[int]) -> Tuple[torch.Tensor, ...]:
-    """A fused backbone's forward: the outputs of blocks ``out_indices``."""
+    """A fused backbone's forward through the C block kernel: the outputs
+    of blocks ``out_indices``. Only where :func:`block_kernel_applies`.
+
+    Each BN is applied by the next block as it reads its input, and only
+    materialised for the outputs.
+    """
     outs = []
-    if not block_kernel_applies(x):
-        x = stem(x)
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in out_indices:
-                outs.append(x)
-        return tuple(outs)
-    # Each BN is applied by the next block as it reads its input, and
-    # only materialised for the outputs.
     u, scale, shift = stem.conv_act(x), stem.scale, stem.shift
     for i, block in enumerate(blocks):
         u, scale, shift = block.forward_pending(u, scale, shift)
