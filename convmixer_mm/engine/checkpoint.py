@@ -185,7 +185,7 @@ def route_remote_loads() -> None:
     mmengine 0.10 reads http(s) checkpoints (and, through them,
     ``open-mmlab://``, ``torchvision://`` and ``mmcls://`` names) with
     ``torch.hub.load_state_dict_from_url``, which unpickles with
-    ``weights_only=False``: a checkpoint URL could run code. Those schemes
+    ``weights_only`` off: a checkpoint URL could run code. Those schemes
     and local files are re-registered here, and the module-level
     ``load_url`` that the indirect schemes call is replaced, so that
     ``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')`` and
