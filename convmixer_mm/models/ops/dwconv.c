@@ -194,40 +194,44 @@ static void DW_NAME(affine)(V *xp, const dw_args *a, long c0, long n,
     }
 }
 
-/* out[oh, ow] = bias + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj];
- * four outputs at a time share each weight load. */
+/* Outputs [ow, ow + NO) of row oh: out = bias + sum_{ki, kj} wk[ki, kj]
+ * * xp[oh + ki, ow + kj]. A kernel row's weights stay in registers and
+ * each input vector is loaded once per kernel row, for the up to K
+ * accumulators it feeds (not once per tap). */
+DW_INLINE void DW_NAME(fwd_pixels)(const V *xp, const V *wk, V bias,
+                                   DW_T *out, const dw_args *a, long oh,
+                                   long ow, long n, long wp, const int K,
+                                   const int NO) {
+  V acc[NO], wr[K];
+#pragma GCC unroll 16
+  for (int o = 0; o < NO; ++o) acc[o] = bias;
+  for (int ki = 0; ki < K; ++ki) {
+    const V *r = xp + (oh + ki) * wp + ow;
+#pragma GCC unroll 16
+    for (int kj = 0; kj < K; ++kj) wr[kj] = wk[ki * K + kj];
+#pragma GCC unroll 32
+    for (int j = 0; j < NO + K - 1; ++j) {
+      const V x = r[j];
+#pragma GCC unroll 16
+      for (int o = 0; o < NO; ++o)
+        if (j - o >= 0 && j - o < K) acc[o] += wr[j - o] * x;
+    }
+  }
+  DW_T *dst = out + (oh * a->W + ow) * a->C;
+  for (int o = 0; o < NO; ++o) DW_NAME(store)(dst + o * a->C, acc[o], n);
+}
+
+/* The forward over one image's channel block: eight outputs at a time,
+ * then one at a time. */
 DW_INLINE void DW_NAME(fwd_rows)(const V *xp, const V *wk, V bias, DW_T *out,
                                  const dw_args *a, long n, long wp,
                                  const int K) {
-  const long W = a->W, C = a->C;
   for (long oh = 0; oh < a->H; ++oh) {
-    DW_T *orow = out + oh * W * C;
     long ow = 0;
-    for (; ow + 4 <= W; ow += 4) {
-      V a0 = bias, a1 = bias, a2 = bias, a3 = bias;
-      for (int ki = 0; ki < K; ++ki) {
-        const V *r = xp + (oh + ki) * wp + ow;
-        const V *wr = wk + ki * K;
-        for (int kj = 0; kj < K; ++kj) {
-          const V w = wr[kj];
-          a0 += w * r[kj];
-          a1 += w * r[kj + 1];
-          a2 += w * r[kj + 2];
-          a3 += w * r[kj + 3];
-        }
-      }
-      DW_NAME(store)(orow + (ow + 0) * C, a0, n);
-      DW_NAME(store)(orow + (ow + 1) * C, a1, n);
-      DW_NAME(store)(orow + (ow + 2) * C, a2, n);
-      DW_NAME(store)(orow + (ow + 3) * C, a3, n);
-    }
-    for (; ow < W; ++ow) {
-      V a0 = bias;
-      for (int ki = 0; ki < K; ++ki)
-        for (int kj = 0; kj < K; ++kj)
-          a0 += wk[ki * K + kj] * xp[(oh + ki) * wp + ow + kj];
-      DW_NAME(store)(orow + ow * C, a0, n);
-    }
+    for (; ow + 8 <= a->W; ow += 8)
+      DW_NAME(fwd_pixels)(xp, wk, bias, out, a, oh, ow, n, wp, K, 8);
+    for (; ow < a->W; ++ow)
+      DW_NAME(fwd_pixels)(xp, wk, bias, out, a, oh, ow, n, wp, K, 1);
   }
 }
 
