@@ -6,7 +6,6 @@ import os.path as osp
 from typing import Optional
 
 import pytest
-import torch
 import torch.nn as nn
 
 import convmixer_mm  # noqa: F401  (registers our modules)
