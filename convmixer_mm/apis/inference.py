@@ -25,9 +25,9 @@ from PIL import Image
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
 from ..datasets.transforms import to_channels
-from ..engine.checkpoint import (CheckpointError, format_mismatches,
-                                 is_remote, load_checkpoint_file, load_weights,
-                                 mismatches)
+from ..engine.checkpoint import (CheckpointError, is_remote,
+                                 load_checkpoint_file, load_weights,
+                                 raise_mismatches)
 from .converter import convert_state_dict
 from .hub import WeightsNotFoundError, missing_weights_message
 
@@ -107,16 +107,11 @@ def load_pretrained(net: BaseModel, source: str) -> None:
     """
     checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
-    problems = mismatches(state, {
-        k: tuple(v.shape)
-        for k, v in net.state_dict().items()
-    })
-    if problems:
-        raise CheckpointError(
-            f'{source} does not fit the model built from the config '
-            f'({len(problems)} mismatched keys):\n'
-            f'{format_mismatches(problems)}\nUse the config the weights '
-            'were trained or converted for (the converter prints it).')
+    raise_mismatches(
+        state, {k: tuple(v.shape) for k, v in net.state_dict().items()},
+        f'{source} does not fit the model built from the config',
+        'Use the config the weights were trained or converted for (the '
+        'converter prints it).')
     old_meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     # Our own training checkpoints do not record the activation; converted
     # and third-party ones do (or imply the release's).

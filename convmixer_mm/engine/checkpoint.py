@@ -355,10 +355,11 @@ def detect_layout(state: StateDict) -> Optional[str]:
     return None
 
 
-def _depth(state: StateDict, block_key: Callable[[int], str]) -> int:
-    """The number of blocks: ``block_key(i)`` is in ``state`` for each."""
+def count_blocks(state: Mapping, key: str, first: int = 0) -> int:
+    """The number of blocks: ``key.format(first + i)`` is in ``state`` for
+    each."""
     depth = 0
-    while block_key(depth) in state:
+    while key.format(first + depth) in state:
         depth += 1
     return depth
 
@@ -393,7 +394,7 @@ def to_mm_layout(state: StateDict) -> Tuple[StateDict, str]:
             'official (0.*, 3.0.fn.*), the timm (stem.*, blocks.*) nor the '
             'mmpretrain (backbone.stem.*, backbone.stages.*) keys. Its '
             f'keys: {_sample(state)}.')
-    depth = _depth(state, lambda i: f'{i + 3}.0.fn.0.weight')
+    depth = count_blocks(state, '{}.0.fn.0.weight', first=3)
     return _rename(state, LAYOUT_PREFIXES[layout](depth), layout), layout
 
 
@@ -402,7 +403,7 @@ def from_mm_layout(state: StateDict, layout: str) -> StateDict:
     if layout not in LAYOUTS:
         raise ValueError(f'Unknown layout {layout!r}: choose one of '
                          f'{list(LAYOUTS)}.')
-    depth = _depth(state, lambda i: f'backbone.stages.{i}.0.fn.0.weight')
+    depth = count_blocks(state, 'backbone.stages.{}.0.fn.0.weight')
     pairs = [(ours, theirs)
              for theirs, ours in LAYOUT_PREFIXES[layout](depth)]
     return _rename(state, pairs, 'mmpretrain')
@@ -454,12 +455,23 @@ def mismatches(state: Mapping[str, torch.Tensor],
     return problems
 
 
-def format_mismatches(problems: Mapping[str, str], limit: int = 10) -> str:
-    """One line per mismatched key, at most ``limit`` of them."""
+def raise_mismatches(state: Mapping[str, torch.Tensor],
+                     shapes: Mapping[str, Tuple[int, ...]],
+                     what: str,
+                     fix: str = '',
+                     limit: int = 10) -> None:
+    """Raise a :class:`CheckpointError` that says ``what`` and lists the
+    :func:`mismatches` key by key (at most ``limit``), then ``fix``; do
+    nothing if there are none."""
+    problems = mismatches(state, shapes)
+    if not problems:
+        return
     lines = [f'  {key}: {why}' for key, why in list(problems.items())[:limit]]
     if len(problems) > limit:
         lines.append(f'  ... and {len(problems) - limit} more')
-    return '\n'.join(lines)
+    raise CheckpointError('\n'.join(
+        [f'{what} ({len(problems)} mismatched keys):', *lines] +
+        [fix] * bool(fix)))
 
 
 def check_fits(model: nn.Module,
@@ -497,16 +509,15 @@ def check_fits(model: nn.Module,
     }
     if not problems and set(shapes) & set(state):
         return state
-    kinds: Dict[str, List[str]] = {
-        'shape mismatches': [], 'missing keys': [], 'unexpected keys': []
+    kinds = {'checkpoint': 'shape mismatches', 'missing': 'missing keys',
+             'not': 'unexpected keys'}
+    found = {
+        label: [f'{k}: {why}' for k, why in problems.items()
+                if why.startswith(start)]
+        for start, label in kinds.items()
     }
-    for key, why in problems.items():
-        kind = ('shape mismatches' if why.startswith('checkpoint') else
-                'missing keys' if why.startswith('missing') else
-                'unexpected keys')
-        kinds[kind].append(f'{key}: {why}')
-    summary = '; '.join(f'{len(items)} {kind} (e.g. {items[0]})'
-                        for kind, items in kinds.items() if items)
+    summary = '; '.join(f'{len(items)} {label} (e.g. {items[0]})'
+                        for label, items in found.items() if items)
     raise CheckpointError(
         f'checkpoint {filename!r} does not fit the model of this config: '
         f'{summary or "no key in common"}. It was trained for another '
