@@ -259,12 +259,6 @@ def update_readme(readme: str, paths: Sequence[str]) -> bool:
     end = len(text) if end < 0 else end + 1
     new = text[:start] + performance_section(reports, paths) + '\n' + \
         text[end:]
-    if new == text:
-        return False
-
-    def write(tmp: str) -> None:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(new)
-
-    atomic_save_bytes(readme, write)
-    return True
+    if new != text:
+        atomic_save_bytes(readme, new)
+    return new != text

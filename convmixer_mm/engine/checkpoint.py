@@ -164,19 +164,15 @@ def load_url(url: str,
 
 
 def _load_from_http(filename: str, map_location=None, **kwargs) -> dict:
-    """mmengine's http(s) scheme; each rank reads the shared cached file."""
+    """mmengine's http(s) scheme; rank 0 downloads, then every other rank
+    reads the shared cached file."""
     rank, world_size = get_dist_info()
-    if rank == 0 or world_size == 1:
-        checkpoint = load_url(filename, map_location=map_location)
-    if world_size > 1:
+    if rank > 0:
         torch.distributed.barrier()
-        if rank > 0:
-            checkpoint = load_url(filename, map_location=map_location)
+    checkpoint = load_url(filename, map_location=map_location)
+    if rank == 0 and world_size > 1:
+        torch.distributed.barrier()
     return checkpoint
-
-
-def _load_from_local(filename: str, map_location=None) -> dict:
-    return _read_local(filename, map_location)
 
 
 def route_remote_loads() -> None:
@@ -195,25 +191,20 @@ def route_remote_loads() -> None:
     mm_checkpoint.load_url = load_url
     CheckpointLoader.register_scheme(
         ['http://', 'https://'], _load_from_http, force=True)
-    CheckpointLoader.register_scheme('', _load_from_local, force=True)
+    CheckpointLoader.register_scheme(
+        '', lambda name, map_location=None: _read_local(name, map_location),
+        force=True)
 
 
 def load_checkpoint_file(filename: str,
                          map_location: Union[str, Callable] = 'cpu') -> dict:
     """Load a checkpoint with ``weights_only=True`` and clear errors.
 
-    Args:
-        filename (str): A local path (``.safetensors`` too), or a
-            ``scheme://`` name that one of mmengine's ``CheckpointLoader``
-            schemes reads: ``http(s)://`` URLs are downloaded once into
-            torch.hub's cache and read here (see
-            :func:`route_remote_loads`), the official release's URLs are
-            also converted (see ``convmixer_mm.apis.hub``).
-        map_location (str | Callable): As in ``torch.load``.
-            Defaults to 'cpu'.
-
-    Returns:
-        dict: The checkpoint.
+    ``filename`` is a local path (``.safetensors`` too), or a ``scheme://``
+    name that one of mmengine's ``CheckpointLoader`` schemes reads:
+    ``http(s)://`` URLs are downloaded once into torch.hub's cache and read
+    here (see :func:`route_remote_loads`), the official release's URLs are
+    also converted (see ``convmixer_mm.apis.hub``).
 
     Raises:
         CheckpointError: The file is missing, corrupt or truncated, or holds
@@ -305,20 +296,10 @@ def _sample(mapping: Mapping, n: int = 6) -> str:
 
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> StateDict:
-    """Unwrap a checkpoint to a flat state dict without a ``module.``
-    prefix.
-
-    Args:
-        checkpoint (Any): A loaded checkpoint: a state dict, or a dict
-            holding one under ``state_dict``, ``model`` or
-            ``state_dict_ema``.
-        use_ema (bool): Take ``state_dict_ema`` (timm's EMA weights)
-            rather than the first of ``state_dict`` and ``model``.
-            Defaults to False.
-
-    Returns:
-        dict[str, Tensor]: The tensors, in file order.
-    """
+    """Unwrap a loaded checkpoint (a state dict, or a dict holding one
+    under ``state_dict``, ``model`` or, with ``use_ema``, timm's
+    ``state_dict_ema``) to its tensors, in file order, without a
+    ``module.`` prefix."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
             'A checkpoint must be a dict of tensors or a dict wrapping one, '
@@ -410,16 +391,10 @@ def from_mm_layout(state: StateDict, layout: str) -> StateDict:
 
 
 def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
-    """Every key and shape of our ConvMixer classifier of ``arch``.
-
-    Read from the model itself, built on the meta device (no memory, no
-    init), so it cannot drift from the model.
-
-    Args:
-        arch (Mapping[str, int]): ``embed_dims``, ``depth``,
-            ``kernel_size``, ``patch_size``, ``in_channels`` and
-            ``num_classes``.
-    """
+    """Every key and shape of our ConvMixer classifier of ``arch``
+    (``embed_dims``, ``depth``, ``kernel_size``, ``patch_size``,
+    ``in_channels`` and ``num_classes``), read from the model itself, built
+    on the meta device (no memory, no init), so it cannot drift from it."""
     with torch.device('meta'):
         parts = dict(
             backbone=ConvMixerMM(
@@ -436,12 +411,9 @@ def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
 
 def mismatches(state: Mapping[str, torch.Tensor],
                shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, str]:
-    """What is wrong with each key of ``state`` against the model's shapes.
-
-    Returns:
-        dict[str, str]: For each bad key, ``missing from the checkpoint``,
-        ``not in the model`` or ``checkpoint (a, b) vs model (c, d)``.
-    """
+    """What is wrong with each bad key of ``state`` against the model's
+    shapes: ``missing from the checkpoint``, ``not in the model`` or
+    ``checkpoint (a, b) vs model (c, d)``."""
     problems = {}
     for key, shape in shapes.items():
         if key not in state:
@@ -479,24 +451,14 @@ def check_fits(model: nn.Module,
                filename: str,
                strict: bool,
                tolerated_prefix: str = 'head.') -> StateDict:
-    """Raise unless the checkpoint's weights fit the model.
+    """Return the state dict of a loaded checkpoint (any ConvMixer layout
+    or the model's own keys) in the model's keys; raise a
+    :class:`CheckpointError` naming ``filename`` unless it fits the
+    (unwrapped) model.
 
-    Args:
-        model (nn.Module): The unwrapped model.
-        checkpoint (dict): A loaded checkpoint or state dict, in any
-            ConvMixer layout or in the model's own keys.
-        filename (str): Its name, for the message.
-        strict (bool): Every key and shape must match. When False (fine-
-            tuning with ``load_from``), keys under ``tolerated_prefix`` may
-            be missing, extra or of another shape.
-        tolerated_prefix (str): See ``strict``. Defaults to 'head.'.
-
-    Returns:
-        dict[str, Tensor]: The state dict in the model's keys.
-
-    Raises:
-        CheckpointError: Keys or shapes differ beyond what is tolerated, or
-            no key is shared at all.
+    ``strict``: every key and shape must match. Otherwise (fine-tuning with
+    ``load_from``) keys under ``tolerated_prefix`` may be missing, extra or
+    of another shape; some key must be shared in any case.
     """
     state = extract_state_dict(checkpoint)
     if detect_layout(state) in ('official', 'timm'):
@@ -529,22 +491,13 @@ def load_weights(model: nn.Module,
                  source: Union[str, dict],
                  strict: bool = True,
                  name: Optional[str] = None) -> dict:
-    """Load a checkpoint into ``model`` after :func:`check_fits`.
+    """Load a checkpoint file (read with :func:`load_checkpoint_file`) or
+    a loaded checkpoint into the unwrapped ``model`` after
+    :func:`check_fits` (see it for ``strict``); return the checkpoint.
+    ``name`` is the checkpoint's name in messages (default: the path).
 
     The one way weights reach a model: for testing, resuming, fine-tuning,
     inference, the hub, the converter and the benchmark.
-
-    Args:
-        model (nn.Module): The unwrapped model.
-        source (str | dict): A checkpoint file (read with
-            :func:`load_checkpoint_file`) or a loaded checkpoint, in any
-            ConvMixer layout or in the model's own keys.
-        strict (bool): See :func:`check_fits`. Defaults to True.
-        name (str, optional): The checkpoint's name in messages. Defaults
-            to ``source`` when it is a path.
-
-    Returns:
-        dict: The loaded checkpoint.
     """
     checkpoint = load_checkpoint_file(source) if isinstance(source,
                                                             str) else source

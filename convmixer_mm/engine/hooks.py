@@ -94,12 +94,8 @@ class SafeCheckpointHook(CheckpointHook):
             **self.args)
         if not is_main_process():
             return
-
-        def write(tmp: str) -> None:
-            with open(tmp, 'w') as f:
-                f.write(self.last_ckpt)
-
-        atomic_save_bytes(osp.join(runner.work_dir, 'last_checkpoint'), write)
+        atomic_save_bytes(
+            osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for old in outdated:
             path = self.file_backend.join_path(self.out_dir,
                                                self.filename_tmpl.format(old))

@@ -62,14 +62,13 @@ def _parameters(fn: Callable) -> Optional[Dict[str, inspect.Parameter]]:
     ] if isinstance(fn, type) else [fn]
     for init in inits:
         try:
-            signature = inspect.signature(init)
+            found = inspect.signature(init).parameters.values()
         except (TypeError, ValueError):
             return None
-        kinds = {p.kind for p in signature.parameters.values()}
-        for p in signature.parameters.values():
+        for p in found:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 params.setdefault(p.name, p)
-        if inspect.Parameter.VAR_KEYWORD not in kinds:
+        if all(p.kind != p.VAR_KEYWORD for p in found):
             return params
     return None
 
@@ -94,15 +93,11 @@ def _type_ok(value: Any, allowed: Sequence[type]) -> bool:
 def _accepted(path: str, node: Any) -> Optional[Dict[str, Any]]:
     """The arguments that the classes receiving ``node`` take; None if
     unknown."""
-    if not isinstance(node, dict):
-        return None
-    accepted = [_parameters(c) for c in _consumers(path, node)]
+    accepted = [_parameters(c) for c in _consumers(path, node)] \
+        if isinstance(node, dict) else []
     if not accepted or None in accepted:
         return None
-    params: Dict[str, inspect.Parameter] = {}
-    for found in accepted:
-        params.update(found)
-    return params
+    return {k: v for found in accepted for k, v in found.items()}
 
 
 def _node(cfg: Config, key: str) -> Any:

@@ -126,12 +126,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f'{report["machine"]}\n\n{format_markdown(report)}')
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-
-        def write(tmp: str) -> None:
-            with open(tmp, 'w') as f:
-                json.dump(report, f, indent=1)
-
-        atomic_save_bytes(args.out, write)
+        atomic_save_bytes(args.out, json.dumps(report, indent=1))
         print(f'Wrote {args.out}')
 
 
