@@ -38,16 +38,9 @@ class _Logits(nn.Module):
 
 def build_classifier(config: Union[str, Config],
                      checkpoint: Optional[str] = None) -> nn.Module:
-    """Build the model of a config in eval mode, with strict weights.
-
-    Args:
-        config (str | Config): Config file or object.
-        checkpoint (str, optional): Checkpoint whose ``state_dict`` must
-            match the model key for key and shape for shape. Defaults to
-            None (random init).
-
-    Returns:
-        nn.Module: The classifier, on CPU, in eval mode.
+    """Build the model of a config (file or object) on CPU in eval mode,
+    with the weights of ``checkpoint`` (default: random init), which must
+    match the model key for key and shape for shape.
 
     Raises:
         ConfigError: The config does not exist.
@@ -125,18 +118,9 @@ def verify_onnx(onnx_file: str,
                 input_shape: Sequence[int],
                 batch_sizes: Sequence[int] = (2, ),
                 atol: float = 1e-4) -> Dict[int, float]:
-    """Run the ONNX file with onnxruntime and compare it with PyTorch.
-
-    Args:
-        onnx_file (str): The exported graph.
-        model (nn.Module): The classifier it was exported from.
-        input_shape (Sequence[int]): ``(C, H, W)`` of one image.
-        batch_sizes (Sequence[int]): Batch sizes to run. Defaults to (2, ).
-        atol (float): Largest allowed absolute difference of the logits.
-            Defaults to 1e-4.
-
-    Returns:
-        dict[int, float]: Max absolute difference per batch size.
+    """Run the ONNX file with onnxruntime on random ``(B, C, H, W)``
+    batches of each size and return the max absolute difference of its
+    logits from ``model``'s per batch size.
 
     Raises:
         ExportError: A batch size does not run or differs by more than

@@ -240,14 +240,10 @@ class _Checker:
 
 def check_config(cfg: Config, base: Config, options: Optional[dict],
                  config_file: str, fields: Sequence[str]) -> None:
-    """Check a merged config before anything is written.
-
-    Args:
-        cfg (Config): The config with the command line merged in.
-        base (Config): ``cfg`` before ``--cfg-options`` were merged.
-        options (dict, optional): The ``--cfg-options``.
-        config_file (str): The config file, for the messages.
-        fields (Sequence[str]): The dataloaders the command will use.
+    """Check ``cfg`` (the config with the command line merged in) before
+    anything is written: against ``base`` (before the ``options`` from
+    ``--cfg-options`` were merged), the classes receiving each node, the
+    data of the dataloaders in ``fields`` and the model.
 
     Raises:
         ConfigError: A key is misspelt or a value has the wrong type.

@@ -103,18 +103,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     candidates = args.candidates or main_candidates(args) + args.baselines
     if importlib.util.find_spec('timm') is None:
         candidates = [c for c in candidates if not c.startswith('timm')]
-    fields = dict(
-        batch_size=args.batch_size,
-        img_size=args.img_size,
-        device=args.device,
-        dtype=args.dtype,
+    fields = {
+        k: getattr(args, k)
+        for k in ('batch_size', 'img_size', 'device', 'dtype', 'warmup',
+                  'rounds', 'profile', 'threads')
+    }
+    fields.update(
         candidates=candidates,
         modes=['inference', 'train'] if args.mode == 'both' else [args.mode],
-        warmup=args.warmup,
-        rounds=args.rounds,
-        memory=not args.no_memory,
-        profile=args.profile,
-        threads=args.threads)
+        memory=not args.no_memory)
     if not args.model.endswith('.py'):
         settings = BenchmarkSettings(
             arch=ConvMixerMM.parse_arch(args.model), **fields)
