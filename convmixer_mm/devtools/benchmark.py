@@ -162,18 +162,20 @@ def settings_from_config(path: str, **kwargs) -> BenchmarkSettings:
         **kwargs: Other fields of :class:`BenchmarkSettings`.
     """
     from mmengine.config import Config
-    model = Config.fromfile(path).model
-    backbone = model.get('backbone', {})
-    if backbone.get('type') != 'ConvMixerMM':
+
+    from ..apis.converter import arch_from_config
+    cfg = Config.fromfile(path)
+    kind = cfg.model.get('backbone', {}).get('type')
+    if kind != 'ConvMixerMM':
         raise ValueError(
-            f'{path} does not build a ConvMixerMM backbone (got '
-            f'{backbone.get("type")!r}): pass a convmixer_mm config or an '
-            'arch name.')
+            f'{path} does not build a ConvMixerMM backbone (got {kind!r}): '
+            'pass a convmixer_mm config or an arch name.')
+    arch, act = arch_from_config(cfg)
     return BenchmarkSettings(
-        arch=ConvMixerMM.parse_arch(backbone.get('arch', '768/32')),
-        act=backbone.get('act_cfg', {}).get('type', 'GELU'),
-        in_channels=backbone.get('in_channels', 3),
-        num_classes=model.head.num_classes,
+        act=act,
+        in_channels=arch.pop('in_channels'),
+        num_classes=arch.pop('num_classes'),
+        arch=arch,
         **kwargs)
 
 
