@@ -103,6 +103,17 @@ def default_act(arch: Mapping[str, int]) -> str:
     return 'ReLU' if relu else 'GELU'
 
 
+def suggested_config(arch: Mapping[str, int], act: str) -> Optional[str]:
+    """Our config for ``arch`` (relative to the repo root), when one
+    matches the architecture, 1000 classes and the activation."""
+    name = arch_name(arch)
+    if name is None or (arch['num_classes'], arch['in_channels'],
+                        act) != (1000, 3, default_act(arch)):
+        return None
+    name = name.replace('/', '-')
+    return f'configs/convmixer/convmixer-{name}_10xb64_in1k.py'
+
+
 def _describe(arch: Mapping[str, int]) -> str:
     return ', '.join(f'{k}={arch[k]}' for k in arch)
 
@@ -167,16 +178,10 @@ def convert_state_dict(checkpoint: Any,
             f'set model.backbone.act_cfg=dict(type={act_type!r}) or, if the '
             f'weights really were trained with {cfg_act}, pass '
             f'--act {cfg_act.lower()}.')
-    # Our config for the arch, if one matches it, 1000 classes and the act.
-    name = arch_name(detected)
-    config_file = None if name is None or (
-        detected['num_classes'], detected['in_channels'], act_type) != (
-            1000, 3, default_act(detected)) else \
-        f'configs/convmixer/convmixer-{name.replace("/", "-")}_10xb64_in1k.py'
     meta = dict(
         arch=detected,
         act_cfg=dict(type=act_type),
-        config=config_file,
+        config=suggested_config(detected, act_type),
         source_layout=layout,
         converter=f'convmixer_mm {__version__}')
     if 'dataset_meta' in old_meta:

@@ -124,7 +124,8 @@ def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
             ax.plot(*curves[key], marker='o', markersize=3, label=label)
         ax.set_xlabel('epoch')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(('val ' if key.startswith('accuracy') else 'train ') + key)
+        split = 'val' if key.startswith('accuracy') else 'train'
+        ax.set_title(f'{split} {key}')
         ax.grid(alpha=0.3)
         if key == 'lr':
             ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
