@@ -2,7 +2,7 @@
 """What every layer needs: the user-error type and atomic file writes."""
 import os
 import os.path as osp
-from typing import Callable
+from typing import Callable, Union
 
 
 class UserError(Exception):
@@ -10,22 +10,23 @@ class UserError(Exception):
     its message as one ``error: ...`` line and exit with status 1."""
 
 
-def atomic_save_bytes(path: str, write: Callable[[str], None]) -> None:
+def atomic_save_bytes(path: str,
+                      write: Union[str, Callable[[str], None]]) -> None:
     """Write a file through a temporary sibling, then rename it in place.
 
-    ``write`` writes the temporary path; the data is then fsynced and
-    ``os.replace``-d onto ``path``, and the directory entry fsynced, so a
-    crash leaves either the old file or the new one, never a truncated one.
-
-    Args:
-        path (str): The final path.
-        write (Callable[[str], None]): Writes the whole file to the path
-            it is given.
+    ``write`` writes the whole file to the temporary path it is given (or
+    is the text to write); the data is then fsynced and ``os.replace``-d
+    onto ``path``, and the directory entry fsynced, so a crash leaves
+    either the old file or the new one, never a truncated one.
     """
     directory, name = osp.split(osp.abspath(path))
     tmp = osp.join(directory, f'.{name}.{os.getpid()}.part')
     try:
-        write(tmp)
+        if isinstance(write, str):
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.write(write)
+        else:
+            write(tmp)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -22,20 +22,14 @@ from convmixer_mm.utils import UserError  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('img', help='the image file')
-    parser.add_argument(
-        'model',
-        help='a config file or a model name (mmpretrain.list_models('
-        "'convmixer-mm*'))")
-    parser.add_argument(
-        '--pretrained',
-        help='the checkpoint (any ConvMixer layout; default: the '
-        "model name's official weights, converted on the fly)")
-    parser.add_argument(
-        '--topk', type=int, default=5, help='how many classes to print')
-    parser.add_argument(
-        '--device',
-        choices=['cpu', 'cuda'],
+    add = parser.add_argument
+    add('img', help='the image file')
+    add('model', help='a config file or a model name '
+        "(mmpretrain.list_models('convmixer-mm*'))")
+    add('--pretrained', help='the checkpoint (any ConvMixer layout; '
+        "default: the model name's official weights, converted on the fly)")
+    add('--topk', type=int, default=5, help='how many classes to print')
+    add('--device', choices=['cpu', 'cuda'],
         default='cuda' if torch.cuda.is_available() else 'cpu',
         help='where to run (default: cuda when available)')
     return parser.parse_args(argv)
@@ -45,12 +39,8 @@ def demo(argv=None) -> None:
     args = parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise UserError('CUDA is not available here: use --device cpu.')
-    result = classify(
-        args.model,
-        args.img,
-        pretrained=args.pretrained or True,
-        device=args.device,
-        topk=args.topk)
+    result = classify(args.model, args.img, pretrained=args.pretrained or True,
+                      device=args.device, topk=args.topk)
     print(f'{args.img}:')
     for rank, (label, name, score) in enumerate(result['topk'], 1):
         print(f'{rank}. {name} (class {label}): {score:.4f}')

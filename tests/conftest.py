@@ -6,10 +6,11 @@ import os.path as osp
 from typing import Optional
 
 import pytest
-import torch
 import torch.nn as nn
 
 import convmixer_mm  # noqa: F401  (registers our modules)
+# Random BN statistics and affine terms, so that parity covers them.
+from convmixer_mm.devtools.benchmark import randomize_bn as randomize  # noqa
 from mmpretrain.registry import MODELS
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -55,19 +56,3 @@ def tiny_classifier_cfg(arch: Optional[dict] = None,
 def tiny_classifier(*args, **kwargs) -> nn.Module:
     """Build :func:`tiny_classifier_cfg` (in train mode)."""
     return MODELS.build(tiny_classifier_cfg(*args, **kwargs))
-
-
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN statistics and affine terms, so that parity covers them
-    (with the defaults BN is nearly the identity and folding or renaming
-    mistakes would go unnoticed); returns the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.2, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.normal_(1, 0.2, generator=gen)
-                m.bias.normal_(0, 0.2, generator=gen)
-                m.num_batches_tracked.fill_(7)
-    return model.eval()

@@ -56,9 +56,11 @@ def test_tool_smoke_run_json_and_readme(tmp_path, capsys):
 
     report = json.loads(out.read_text())
     assert report['settings']['in_channels'] == 1
-    # conv MACs of one 16x16 image: stem, 2 x (depthwise 5x5 + 1x1), fc.
+    # Multiply-adds of one 16x16 image, as apis.complexity counts them:
+    # stem, 2 x (depthwise 5x5 + 1x1), 5 affine BNs (2 each), pool, fc.
     tokens = 4 * 4
-    macs = tokens * 16 * 16 + 2 * tokens * 16 * (25 + 16) + 16 * 10
+    macs = (tokens * 16 * 16 + 2 * tokens * 16 * (25 + 16) +
+            5 * 2 * 16 * tokens + 16 * tokens + 16 * 10)
     assert report['macs_per_image'] == macs
     infer = report['results']['inference']['candidates']
     assert list(infer) == candidates

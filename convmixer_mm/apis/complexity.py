@@ -14,31 +14,26 @@ from ..engine.config import load_config
 from .onnx_export import build_classifier
 
 
-def convolution_mode_flop_jit(inputs: List[Any],
-                              outputs: List[Any]) -> Counter:
+def _conv_mode_flops(inputs: List[Any], outputs: List[Any]) -> Counter:
     """Count ``aten::_convolution_mode``, a conv with string padding.
 
     PyTorch traces ``nn.Conv2d(padding='same')`` to this op, which
     mmengine's (and fvcore's) counter skips with a warning: mmpretrain's
     ConvMixer, whose depthwise convs all use ``'same'``, is undercounted by
     exactly those convs. As for ``aten::_convolution``, one multiply-add is
-    one FLOP and the bias is ignored.
+    one FLOP and the bias is ignored: out elements x in_channels / groups x
+    kernel elements.
     """
-    weight_shape = get_shape(inputs[1])
-    out_shape = get_shape(outputs[0])
-    # out elements x (in_channels / groups) x kernel elements
-    return Counter(
-        {'conv': math.prod(out_shape) * math.prod(weight_shape[1:])})
+    weight, out = get_shape(inputs[1]), get_shape(outputs[0])
+    return Counter({'conv': math.prod(out) * math.prod(weight[1:])})
 
 
-def attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
+def _attention_flops(inputs: List[Any], outputs: List[Any]) -> Counter:
     """Count ``aten::scaled_dot_product_attention``: QK^T and attn @ V."""
     query, key, value = (get_shape(v) for v in inputs[:3])
-    batch_heads = math.prod(query[:-2])
-    q_len, k_len = query[-2], key[-2]
     return Counter({
         'attention':
-        batch_heads * q_len * k_len * (query[-1] + value[-1])
+        math.prod(query[:-2]) * query[-2] * key[-2] * (query[-1] + value[-1])
     })
 
 
@@ -78,27 +73,14 @@ def count_complexity(model: nn.Module,
         with torch.no_grad():
             analyzer = FlopAnalyzer(model, (torch.zeros(1, *input_shape), ))
             analyzer.set_op_handle(
-                'aten::_convolution_mode', convolution_mode_flop_jit,
-                'aten::scaled_dot_product_attention', attention_flop_jit)
+                'aten::_convolution_mode', _conv_mode_flops,
+                'aten::scaled_dot_product_attention', _attention_flops)
             analyzer.unsupported_ops_warnings(False)
             analyzer.uncalled_modules_warnings(False)
             flops = analyzer.total()
     finally:
         model.train(was_training)
     return dict(params=parameter_count(model)[''], flops=flops)
-
-
-def input_shape_of(config: Config, shape: Sequence[int]) -> tuple:
-    """``(C, H, W)`` from ``(H, W)``, C from the config's backbone."""
-    shape = tuple(shape)
-    if len(shape) == 1:
-        shape = shape * 2
-    if len(shape) == 2:
-        channels = config.model.get('backbone', {}).get('in_channels', 3)
-        shape = (channels, ) + shape
-    if len(shape) != 3:
-        raise ValueError(f'shape={shape} must be H, (H, W) or (C, H, W).')
-    return shape
 
 
 def config_complexity(config: Union[str, Config],
@@ -116,7 +98,13 @@ def config_complexity(config: Union[str, Config],
     """
     if isinstance(config, str):
         config = load_config(config)
-    input_shape = input_shape_of(config, shape)
+    input_shape = tuple(shape) * (2 if len(shape) == 1 else 1)
+    if len(input_shape) == 2:
+        channels = config.model.get('backbone', {}).get('in_channels', 3)
+        input_shape = (channels, ) + input_shape
+    if len(input_shape) != 3:
+        raise ValueError(f'shape={input_shape} must be H, (H, W) or '
+                         '(C, H, W).')
     result = count_complexity(build_classifier(config), input_shape)
     result['input_shape'] = input_shape
     return result

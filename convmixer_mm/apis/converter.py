@@ -21,25 +21,25 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ..engine.checkpoint import (LAYOUTS, CheckpointError, StateDict,
-                                 extract_state_dict, format_mismatches,
+                                 count_blocks, extract_state_dict,
                                  from_mm_layout, load_checkpoint_file,
-                                 mismatches, model_shapes, to_mm_layout)
+                                 model_shapes, raise_mismatches, to_mm_layout)
 from ..models import ConvMixerMM
 from ..utils import atomic_save_bytes, refuse_overwrite
 from ..version import __version__
 
 # The released 768/32 weights were trained with ReLU, all others with GELU.
 RELU_ARCH = ConvMixerMM.arch_settings['768/32']
-CONFIG_DIR = 'configs/convmixer'
 
 
-def infer_arch(state: StateDict) -> Dict[str, int]:
-    """Read the architecture from the shapes of an mmpretrain-layout state
-    dict.
+def validate(state: StateDict) -> Dict[str, int]:
+    """Check that an mmpretrain-layout state dict is a complete, consistent
+    ConvMixer and return its architecture, read from the tensor shapes:
+    ``embed_dims``, ``depth``, ``kernel_size``, ``patch_size``,
+    ``in_channels`` and ``num_classes``.
 
-    Returns:
-        dict[str, int]: ``embed_dims``, ``depth``, ``kernel_size``,
-        ``patch_size``, ``in_channels`` and ``num_classes``.
+    BN ``num_batches_tracked`` counters that older checkpoints lack are
+    added (as zeros) in place; they do not affect the outputs.
     """
     needed = ('backbone.stem.0.weight', 'backbone.stages.0.0.fn.0.weight',
               'head.fc.weight')
@@ -49,72 +49,33 @@ def infer_arch(state: StateDict) -> Dict[str, int]:
             f'The ConvMixer checkpoint lacks {missing}, needed to read its '
             'architecture (a checkpoint without a classifier head is not '
             'supported).')
-    stem = state['backbone.stem.0.weight']
-    dw = state['backbone.stages.0.0.fn.0.weight']
-    fc = state['head.fc.weight']
-    if stem.dim() != 4 or dw.dim() != 4 or fc.dim() != 2:
+    stem, dw, fc = (state[k] for k in needed)
+    if (stem.dim(), dw.dim(), fc.dim()) != (4, 4, 2):
         raise CheckpointError(
             'Unexpected ConvMixer tensor ranks: stem conv '
             f'{tuple(stem.shape)}, depthwise conv {tuple(dw.shape)}, fc '
             f'{tuple(fc.shape)}.')
-    depth = 0
-    while f'backbone.stages.{depth}.0.fn.0.weight' in state:
-        depth += 1
-    return dict(
+    arch = dict(
         embed_dims=stem.shape[0],
-        depth=depth,
+        depth=count_blocks(state, 'backbone.stages.{}.0.fn.0.weight'),
         kernel_size=dw.shape[-1],
         patch_size=stem.shape[-1],
         in_channels=stem.shape[1],
         num_classes=fc.shape[0])
-
-
-def validate(state: StateDict) -> Dict[str, int]:
-    """Check an mmpretrain-layout state dict is a complete, consistent
-    ConvMixer and return its architecture.
-
-    BN ``num_batches_tracked`` counters that older checkpoints lack are
-    added (as zeros) in place; they do not affect the outputs.
-    """
-    arch = infer_arch(state)
     shapes = model_shapes(arch)
     for key, shape in shapes.items():
         if key.endswith('.num_batches_tracked') and key not in state:
             state[key] = torch.zeros(shape, dtype=torch.long)
-    problems = mismatches(state, shapes)
-    if problems:
-        raise CheckpointError(
-            'The checkpoint is not a consistent ConvMixer with '
-            f'{_describe(arch)}:\n{format_mismatches(problems)}')
+    raise_mismatches(
+        state, shapes,
+        f'The checkpoint is not a consistent ConvMixer with {_describe(arch)}')
     return arch
 
 
-def check_arch(arch: Mapping[str, int], expected: Mapping[str, int],
-               source: str) -> None:
-    """Raise a :class:`CheckpointError` naming every value of ``expected``
-    that the detected ``arch`` does not match."""
-    diff = [
-        f'{key}: checkpoint {arch[key]} vs {source} {value}'
-        for key, value in expected.items()
-        if key in arch and arch[key] != value
-    ]
-    if diff:
-        raise CheckpointError(
-            f'The checkpoint does not match {source}: ' + '; '.join(diff) +
-            f'. The checkpoint is a ConvMixer with {_describe(arch)}.')
-
-
 def arch_from_config(cfg: Any) -> Tuple[Dict[str, int], Optional[str]]:
-    """Read the architecture and activation an mmpretrain config builds.
-
-    Args:
-        cfg (str | Config): A config file or a loaded config whose
-            ``model`` is an ``ImageClassifier`` with a ConvMixer backbone.
-
-    Returns:
-        tuple: The architecture values it sets and the activation type
-        (``'ReLU'``, ``'GELU'``, ...).
-    """
+    """The architecture values and the activation type (``'ReLU'``,
+    ``'GELU'``, ...) of the ConvMixer classifier a config (file or loaded)
+    builds."""
     from mmengine.config import Config
     if isinstance(cfg, str):
         cfg = Config.fromfile(cfg)
@@ -127,16 +88,13 @@ def arch_from_config(cfg: Any) -> Tuple[Dict[str, int], Optional[str]]:
     arch['in_channels'] = backbone.get('in_channels', 3)
     if 'num_classes' in cfg.model.get('head', {}):
         arch['num_classes'] = cfg.model.head.num_classes
-    act = backbone.get('act_cfg', dict(type='GELU'))['type']
-    return arch, act
+    return arch, backbone.get('act_cfg', dict(type='GELU'))['type']
 
 
 def arch_name(arch: Mapping[str, int]) -> Optional[str]:
     """The ``ConvMixerMM.arch_settings`` name of ``arch``, if it has one."""
-    for name, setting in ConvMixerMM.arch_settings.items():
-        if all(arch[k] == v for k, v in setting.items()):
-            return name
-    return None
+    return next((name for name, setting in ConvMixerMM.arch_settings.items()
+                 if all(arch[k] == v for k, v in setting.items())), None)
 
 
 def default_act(arch: Mapping[str, int]) -> str:
@@ -149,21 +107,15 @@ def suggested_config(arch: Mapping[str, int], act: str) -> Optional[str]:
     """Our config for ``arch`` (relative to the repo root), when one
     matches the architecture, 1000 classes and the activation."""
     name = arch_name(arch)
-    if name is None or arch['num_classes'] != 1000 \
-            or arch['in_channels'] != 3 or act != default_act(arch):
+    if name is None or (arch['num_classes'], arch['in_channels'],
+                        act) != (1000, 3, default_act(arch)):
         return None
-    return f'{CONFIG_DIR}/convmixer-{name.replace("/", "-")}_10xb64_in1k.py'
+    name = name.replace('/', '-')
+    return f'configs/convmixer/convmixer-{name}_10xb64_in1k.py'
 
 
 def _describe(arch: Mapping[str, int]) -> str:
     return ', '.join(f'{k}={arch[k]}' for k in arch)
-
-
-def _normalize_act(act: str) -> str:
-    lookup = {'relu': 'ReLU', 'gelu': 'GELU'}
-    if act.lower() not in lookup:
-        raise ValueError(f'Unknown activation {act!r}: use relu or gelu.')
-    return lookup[act.lower()]
 
 
 def convert_state_dict(checkpoint: Any,
@@ -195,21 +147,27 @@ def convert_state_dict(checkpoint: Any,
     state, layout = to_mm_layout(extract_state_dict(checkpoint, use_ema))
     detected = validate(state)
     if arch is not None:
-        check_arch(detected, ConvMixerMM.parse_arch(arch), f'--arch {arch}')
+        expected = ConvMixerMM.parse_arch(arch)
+        diff = '; '.join(f'{k}: checkpoint {detected[k]} vs --arch {arch} {v}'
+                         for k, v in expected.items() if detected[k] != v)
+        if diff:
+            raise CheckpointError(
+                f'The checkpoint does not match --arch {arch}: {diff}. The '
+                f'checkpoint is a ConvMixer with {_describe(detected)}.')
     old_meta = checkpoint.get('meta') if isinstance(checkpoint,
                                                     Mapping) else None
     old_meta = old_meta if isinstance(old_meta, Mapping) else {}
     cfg_act = None
     if config is not None:
         cfg_arch, cfg_act = arch_from_config(config)
-        problems = mismatches(state, model_shapes({**detected, **cfg_arch}))
-        if problems:
-            raise CheckpointError(
-                f'The checkpoint does not fit the config ({len(problems)} '
-                f'mismatched keys):\n{format_mismatches(problems)}\nThe '
-                f'checkpoint is a ConvMixer with {_describe(detected)}.')
+        raise_mismatches(
+            state, model_shapes({**detected, **cfg_arch}),
+            'The checkpoint does not fit the config',
+            f'The checkpoint is a ConvMixer with {_describe(detected)}.')
     if act is not None:
-        act_type = _normalize_act(act)
+        act_type = dict(relu='ReLU', gelu='GELU').get(act.lower())
+        if act_type is None:
+            raise ValueError(f'Unknown activation {act!r}: use relu or gelu.')
     elif 'act_cfg' in old_meta:
         act_type = old_meta['act_cfg']['type']
     else:
@@ -232,21 +190,6 @@ def convert_state_dict(checkpoint: Any,
         from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
         meta['dataset_meta'] = dict(classes=list(IMAGENET_CATEGORIES))
     return state, meta
-
-
-def save_atomic(obj: Any, dst: str, force: bool = False) -> None:
-    """``torch.save`` through a temporary file beside ``dst``.
-
-    Args:
-        obj (Any): What to save.
-        dst (str): The destination file.
-        force (bool): Overwrite an existing ``dst``. Defaults to False.
-    """
-    if osp.isdir(dst):
-        raise IsADirectoryError(f'{dst} is a directory: give a file name.')
-    refuse_overwrite(dst, force)
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    atomic_save_bytes(dst, lambda tmp: torch.save(obj, tmp))
 
 
 def convert_checkpoint(src: str,
@@ -279,10 +222,13 @@ def convert_checkpoint(src: str,
     checkpoint = load_checkpoint_file(src)
     state, meta = convert_state_dict(checkpoint, arch, act, config, use_ema)
     meta['source_file'] = osp.basename(src)
-    if to == 'mmpretrain':
-        save_atomic(dict(state_dict=state, meta=meta), dst, force)
-    else:
-        save_atomic(from_mm_layout(state, to), dst, force)
+    out = dict(state_dict=state, meta=meta) if to == 'mmpretrain' else \
+        from_mm_layout(state, to)
+    if osp.isdir(dst):
+        raise IsADirectoryError(f'{dst} is a directory: give a file name.')
+    refuse_overwrite(dst, force)
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    atomic_save_bytes(dst, lambda tmp: torch.save(out, tmp))
     return meta
 
 

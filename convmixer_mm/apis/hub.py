@@ -38,14 +38,9 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
 
 
 def find_model_index() -> Tuple[str, str]:
-    """Locate ``model-index.yml`` and the folder its config paths start at.
-
-    Installed packages ship it in ``convmixer_mm/.mim``; a source checkout
-    has it at the repository root.
-
-    Returns:
-        tuple: The model-index path and the config prefix.
-    """
+    """The path of ``model-index.yml`` and the folder its config paths
+    start at: ``convmixer_mm/.mim`` in installed packages, the repository
+    root in a source checkout."""
     package = osp.dirname(osp.dirname(osp.abspath(__file__)))
     roots = (osp.join(package, '.mim'), osp.dirname(package))
     for root in roots:
@@ -58,11 +53,8 @@ def find_model_index() -> Tuple[str, str]:
 
 
 def register_models() -> List[str]:
-    """Register our model index with mmpretrain's ``ModelHub`` (once).
-
-    Returns:
-        list[str]: Our model names.
-    """
+    """Register our model index with mmpretrain's ``ModelHub`` (once);
+    return our model names."""
     path, root = find_model_index()
     index = load(path)
     index.build_models_with_collections()
@@ -75,24 +67,19 @@ def register_models() -> List[str]:
 def missing_weights_message(source: str,
                             url: Optional[str] = None,
                             reason: str = 'not found') -> str:
-    """How to get weights that are not there: fetch, convert, pass.
-
-    Args:
-        source (str): The path or URL that was asked for.
-        url (str, optional): The official URL of the model's weights.
-            Defaults to ``source``.
-        reason (str): Why ``source`` cannot be used.
-    """
+    """How to get the weights ``source`` (a path or URL) that are not there
+    for ``reason``: fetch the official ``url`` (default: ``source``),
+    convert, pass."""
     url = url or source
     name = osp.basename(url)
     return (f'Pretrained weights {source} are {reason}. Fetch the official '
             f'weights on a machine with internet (wget {url}), convert '
             f'them with `python {CONVERTER} {name} converted.pth`, and pass '
             "pretrained='converted.pth' (or --pretrained converted.pth). "
-            f'Putting {name} in {hub_checkpoint_dir()} also works offline.')
+            f'Putting {name} in {_cache()} also works offline.')
 
 
-def hub_checkpoint_dir() -> str:
+def _cache() -> str:
     """torch.hub's checkpoint cache, where downloads are kept."""
     return osp.join(torch.hub.get_dir(), 'checkpoints')
 
@@ -104,10 +91,8 @@ def fetch_official_weights(url: str) -> str:
         WeightsNotFoundError: Not cached, and offline or the download
             failed; the message says how to fetch and convert the file.
     """
-    path = osp.join(hub_checkpoint_dir(), osp.basename(url))
-    if osp.isfile(path):
-        return path
-    if os.environ.get(OFFLINE_ENV, '0') not in ('', '0'):
+    if not osp.isfile(osp.join(_cache(), osp.basename(url))) and \
+            os.environ.get(OFFLINE_ENV, '0') not in ('', '0'):
         raise WeightsNotFoundError(
             missing_weights_message(
                 url,
@@ -121,25 +106,18 @@ def fetch_official_weights(url: str) -> str:
                                     reason=f'unavailable ({err})')) from err
 
 
-def _convert(checkpoint: Any) -> Tuple[dict, dict]:
+def load_from_official_release(filename: str, map_location=None) -> dict:
+    """mmengine checkpoint loader for the official URLs: fetch, convert to
+    ``{'state_dict': ..., 'meta': ...}`` in our layout."""
     # Imported on first use: `import convmixer_mm` need not load it.
     from .converter import convert_state_dict
-    return convert_state_dict(checkpoint)
-
-
-def load_from_official_release(filename: str, map_location=None) -> dict:
-    """mmengine checkpoint loader for the official URLs: fetch, convert.
-
-    Returns:
-        dict: ``{'state_dict': ..., 'meta': ...}`` in our layout.
-    """
     path = fetch_official_weights(filename)
     try:
         checkpoint = load_checkpoint_file(path)
     except CheckpointError:
         os.remove(path)  # never keep, nor trust later, a refused download
         raise
-    state, meta = _convert(checkpoint)
+    state, meta = convert_state_dict(checkpoint)
     meta['source_file'] = osp.basename(filename)
     return dict(state_dict=state, meta=meta)
 
@@ -159,8 +137,9 @@ def load_from_local_any_layout(filename: str, map_location=None) -> Any:
         return checkpoint
     if layout in (None, 'mmpretrain'):  # Ours, or another model's.
         return checkpoint
+    from .converter import convert_state_dict
     try:
-        state, meta = _convert(checkpoint)
+        state, meta = convert_state_dict(checkpoint)
     except CheckpointError as err:
         raise CheckpointError(
             f'{filename} ({layout} layout) does not convert: {err}\nCheck '

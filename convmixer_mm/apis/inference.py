@@ -25,9 +25,9 @@ from PIL import Image
 from mmpretrain.apis import ImageClassificationInferencer, ModelHub
 from mmpretrain.apis import get_model as mm_get_model
 from ..datasets.transforms import to_channels
-from ..engine.checkpoint import (CheckpointError, format_mismatches,
-                                 is_remote, load_checkpoint_file, load_weights,
-                                 mismatches)
+from ..engine.checkpoint import (CheckpointError, is_remote,
+                                 load_checkpoint_file, load_weights,
+                                 raise_mismatches)
 from .converter import convert_state_dict
 from .hub import WeightsNotFoundError, missing_weights_message
 
@@ -72,29 +72,19 @@ def load_model(model: ModelType,
             missing_weights_message(
                 pretrained, url, reason='not found: no such file'))
     net = mm_get_model(model, pretrained=False, **kwargs)
-    source = _resolve_weights(net, model, pretrained)
-    if source is not None:
-        load_pretrained(net, source)
+    if pretrained is True:
+        metainfo = getattr(net, '_metainfo', None)
+        pretrained = metainfo.weights if metainfo is not None else \
+            net._config.get('load_from')
+        if not pretrained:
+            raise WeightsNotFoundError(
+                f'{model} has no predefined weights: pass pretrained=PATH (a '
+                'checkpoint file) instead of True.')
+    if pretrained:
+        load_pretrained(net, pretrained)
     if device is not None:
         net.to(device)
-    net.eval()
-    return net
-
-
-def _resolve_weights(net: BaseModel, model: ModelType,
-                     pretrained: Union[bool, str]) -> Optional[str]:
-    if pretrained is False or pretrained is None:
-        return None
-    if pretrained is not True:
-        return pretrained
-    metainfo = getattr(net, '_metainfo', None)
-    source = metainfo.weights if metainfo is not None else \
-        net._config.get('load_from')
-    if not source:
-        raise WeightsNotFoundError(
-            f'{model} has no predefined weights: pass pretrained=PATH (a '
-            'checkpoint file) instead of True.')
-    return source
+    return net.eval()
 
 
 def load_pretrained(net: BaseModel, source: str) -> None:
@@ -107,35 +97,27 @@ def load_pretrained(net: BaseModel, source: str) -> None:
     """
     checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
-    problems = mismatches(state, {
-        k: tuple(v.shape)
-        for k, v in net.state_dict().items()
-    })
-    if problems:
-        raise CheckpointError(
-            f'{source} does not fit the model built from the config '
-            f'({len(problems)} mismatched keys):\n'
-            f'{format_mismatches(problems)}\nUse the config the weights '
-            'were trained or converted for (the converter prints it).')
+    raise_mismatches(
+        state, {k: tuple(v.shape) for k, v in net.state_dict().items()},
+        f'{source} does not fit the model built from the config',
+        'Use the config the weights were trained or converted for (the '
+        'converter prints it).')
     old_meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    needed = meta['act_cfg']['type']
+    used = net._config.model.backbone.get('act_cfg', dict(type='GELU'))['type']
     # Our own training checkpoints do not record the activation; converted
     # and third-party ones do (or imply the release's).
-    if meta['source_layout'] != 'mmpretrain' or 'act_cfg' in (old_meta or {}):
-        _check_activation(net, meta['act_cfg']['type'], source)
-    load_weights(net, state, name=source)
-    if 'dataset_meta' in meta:
-        net._dataset_meta = meta['dataset_meta']
-
-
-def _check_activation(net: BaseModel, needed: str, source: str) -> None:
-    backbone_cfg = net._config.model.backbone
-    used = backbone_cfg.get('act_cfg', dict(type='GELU'))['type']
-    if used != needed:
+    recorded = meta['source_layout'] != 'mmpretrain' or \
+        'act_cfg' in (old_meta or {})
+    if recorded and used != needed:
         raise CheckpointError(
             f'{source} holds weights trained with {needed}, but the config '
             f'builds {used}: the predictions would be wrong. Use a config '
             f'with model.backbone.act_cfg=dict(type={needed!r}) (or pass '
             f"backbone=dict(act_cfg=dict(type={needed!r})) to load_model).")
+    load_weights(net, state, name=source)
+    if 'dataset_meta' in meta:
+        net._dataset_meta = meta['dataset_meta']
 
 
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while
@@ -193,10 +175,8 @@ def load_image(img: Union[str, PathLike, np.ndarray],
             f'most {MAX_PIXELS // 10**6} megapixels (JPEGs at down to 1/8 '
             'scale) to bound memory. Downscale it first.')
     flag = {
-        1: cv2.IMREAD_COLOR,
-        2: cv2.IMREAD_REDUCED_COLOR_2,
-        4: cv2.IMREAD_REDUCED_COLOR_4,
-        8: cv2.IMREAD_REDUCED_COLOR_8
+        1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8
     }[scale]
     with open(path, 'rb') as f:
         data = np.frombuffer(f.read(), np.uint8)
@@ -209,10 +189,6 @@ def load_image(img: Union[str, PathLike, np.ndarray],
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     return to_channels(image, channels)
-
-
-def _in_channels(net: BaseModel) -> int:
-    return net.backbone.stem[0].in_channels
 
 
 def topk_predictions(scores: np.ndarray,
@@ -254,7 +230,7 @@ def classify(model: Union[BaseModel, ModelType],
         raise FileNotFoundError(f'Image {img} does not exist.')
     if not isinstance(model, BaseModel):
         model = load_model(model, pretrained, device, **kwargs)
-    image = load_image(img, _in_channels(model))
+    image = load_image(img, model.backbone.stem[0].in_channels)
     inferencer = ImageClassificationInferencer(model, pretrained=False)
     # The inferencer's own __call__ draws a progress bar on stdout; one
     # image needs none.

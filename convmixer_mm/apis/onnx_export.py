@@ -18,10 +18,7 @@ from ..utils import UserError, atomic_save_bytes, refuse_overwrite
 
 # The TorchScript exporter covers 11..17, the dynamo exporter 18 and up;
 # 23 is the newest opset torch 2.15 emits (onnxruntime 1.31 runs it).
-MIN_OPSET = 11
-DYNAMO_MIN_OPSET = 18
-MAX_OPSET = 23
-DEFAULT_OPSET = 18
+MIN_OPSET, DYNAMO_MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 11, 18, 23, 18
 
 
 class ExportError(UserError, RuntimeError):
@@ -41,16 +38,9 @@ class _Logits(nn.Module):
 
 def build_classifier(config: Union[str, Config],
                      checkpoint: Optional[str] = None) -> nn.Module:
-    """Build the model of a config in eval mode, with strict weights.
-
-    Args:
-        config (str | Config): Config file or object.
-        checkpoint (str, optional): Checkpoint whose ``state_dict`` must
-            match the model key for key and shape for shape. Defaults to
-            None (random init).
-
-    Returns:
-        nn.Module: The classifier, on CPU, in eval mode.
+    """Build the model of a config (file or object) on CPU in eval mode,
+    with the weights of ``checkpoint`` (default: random init), which must
+    match the model key for key and shape for shape.
 
     Raises:
         ConfigError: The config does not exist.
@@ -71,20 +61,9 @@ def build_classifier(config: Union[str, Config],
     return model.eval()
 
 
-def _input_channels(model: nn.Module) -> int:
-    """The image channels the classifier's first conv expects."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    raise ValueError('The model has no Conv2d to infer the input channels '
-                     'from: pass them in input_shape.')
-
-
 def check_export_args(out_file: str, opset: int, force: bool) -> str:
-    """Validate the output path and opset before any work is done.
-
-    Returns:
-        str: The absolute output path.
+    """Validate the output path and opset before any work is done; return
+    the absolute output path.
 
     Raises:
         ValueError: ``opset`` is out of range or ``out_file`` is not .onnx.
@@ -97,61 +76,41 @@ def check_export_args(out_file: str, opset: int, force: bool) -> str:
             f'[{MIN_OPSET}, {MAX_OPSET}] ({DYNAMO_MIN_OPSET}+ uses the '
             f'dynamo exporter, below it the TorchScript one).')
     out_file = osp.abspath(out_file)
+    out_dir = osp.dirname(out_file)
     if not out_file.endswith('.onnx'):
         raise ValueError(f'Output {out_file!r} must end with .onnx.')
     if osp.isdir(out_file):
         raise IsADirectoryError(
             f'Output {out_file!r} is a directory: name an .onnx file.')
     refuse_overwrite(out_file, force)
-    out_dir = osp.dirname(out_file)
     if not osp.isdir(out_dir):
         raise FileNotFoundError(
             f'Output directory {out_dir!r} does not exist: create it first.')
     if not os.access(out_dir, os.W_OK):
-        raise PermissionError(
-            f'Output directory {out_dir!r} is not writable: choose another '
-            'output path.')
+        raise PermissionError(f'Output directory {out_dir!r} is not '
+                              'writable: choose another output path.')
     return out_file
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int,
             dynamic_batch: bool) -> None:
-    names = dict(input_names=['input'], output_names=['logits'])
+    kwargs = dict(
+        opset_version=opset, input_names=['input'], output_names=['logits'])
     if opset >= DYNAMO_MIN_OPSET:
-        dynamic_shapes = ({
-            'inputs': {
-                0: torch.export.Dim('batch')
-            }
-        } if dynamic_batch else None)
+        batch = {'inputs': {0: torch.export.Dim('batch')}}
         torch.onnx.export(
-            module, (example, ),
-            path,
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes=dynamic_shapes,
-            verbose=False,
-            **names)
+            module, (example, ), path, dynamo=True, external_data=False,
+            dynamic_shapes=batch if dynamic_batch else None, verbose=False,
+            **kwargs)
         return
-    dynamic_axes = ({
-        'input': {
-            0: 'batch'
-        },
-        'logits': {
-            0: 'batch'
-        }
-    } if dynamic_batch else None)
+    axes = {'input': {0: 'batch'}, 'logits': {0: 'batch'}}
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated, but the dynamo one writes
         # opset 18+ only: its down-conversion fails on even kernels' Pad.
         warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(
-            module, (example, ),
-            path,
-            opset_version=opset,
-            dynamo=False,
-            dynamic_axes=dynamic_axes,
-            **names)
+            module, (example, ), path, dynamo=False,
+            dynamic_axes=axes if dynamic_batch else None, **kwargs)
 
 
 def verify_onnx(onnx_file: str,
@@ -159,18 +118,9 @@ def verify_onnx(onnx_file: str,
                 input_shape: Sequence[int],
                 batch_sizes: Sequence[int] = (2, ),
                 atol: float = 1e-4) -> Dict[int, float]:
-    """Run the ONNX file with onnxruntime and compare it with PyTorch.
-
-    Args:
-        onnx_file (str): The exported graph.
-        model (nn.Module): The classifier it was exported from.
-        input_shape (Sequence[int]): ``(C, H, W)`` of one image.
-        batch_sizes (Sequence[int]): Batch sizes to run. Defaults to (2, ).
-        atol (float): Largest allowed absolute difference of the logits.
-            Defaults to 1e-4.
-
-    Returns:
-        dict[int, float]: Max absolute difference per batch size.
+    """Run the ONNX file with onnxruntime on random ``(B, C, H, W)``
+    batches of each size and return the max absolute difference of its
+    logits from ``model``'s per batch size.
 
     Raises:
         ExportError: A batch size does not run or differs by more than
@@ -183,8 +133,8 @@ def verify_onnx(onnx_file: str,
         session = ort.InferenceSession(
             onnx_file, providers=['CPUExecutionProvider'])
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f'onnxruntime cannot load {onnx_file}: {e}') \
-            from None
+        raise ExportError(
+            f'onnxruntime cannot load {onnx_file}: {e}') from None
     generator = torch.Generator().manual_seed(0)
     diffs = {}
     for batch in batch_sizes:
@@ -198,12 +148,11 @@ def verify_onnx(onnx_file: str,
                 f'onnxruntime cannot run {onnx_file} at batch size {batch}: '
                 f'{e}. Export with --dynamic-batch to vary the batch.'
             ) from None
-        diff = float(np.abs(actual - expected).max())
-        if not diff <= atol:
+        diffs[batch] = float(np.abs(actual - expected).max())
+        if not diffs[batch] <= atol:
             raise ExportError(
-                f'ONNX logits differ from PyTorch by {diff:.3g} (> {atol}) '
-                f'at batch size {batch}.')
-        diffs[batch] = diff
+                f'ONNX logits differ from PyTorch by {diffs[batch]:.3g} (> '
+                f'{atol}) at batch size {batch}.')
     return diffs
 
 
@@ -260,7 +209,12 @@ def export_onnx(model: nn.Module,
                          'config needs model.head.')
     input_shape = tuple(input_shape)
     if len(input_shape) == 2:
-        input_shape = (_input_channels(model), ) + input_shape
+        conv = next((m for m in model.modules()
+                     if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise ValueError('The model has no Conv2d to infer the input '
+                             'channels from: pass them in input_shape.')
+        input_shape = (conv.in_channels, ) + input_shape
     if len(input_shape) != 3 or min(input_shape) <= 0:
         raise ValueError(f'input_shape={input_shape} must be (H, W) or '
                          '(C, H, W) of positive ints.')
@@ -277,12 +231,8 @@ def export_onnx(model: nn.Module,
                 dynamic_batch)
         _add_metadata(tmp_file, model)
         diffs.update(
-            verify_onnx(
-                tmp_file,
-                model,
-                input_shape,
-                batch_sizes=(1, 3) if dynamic_batch else (1, ),
-                atol=atol))
+            verify_onnx(tmp_file, model, input_shape,
+                        (1, 3) if dynamic_batch else (1, ), atol))
 
     atomic_save_bytes(out_file, export_and_verify)
     return diffs

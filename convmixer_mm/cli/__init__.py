@@ -19,18 +19,9 @@ USER_ERRORS: Tuple[Type[BaseException], ...] = (UserError, OSError,
 def run(main: Callable[[Optional[Sequence[str]]], object],
         argv: Optional[Sequence[str]] = None,
         errors: Tuple[Type[BaseException], ...] = USER_ERRORS) -> int:
-    """Call ``main(argv)`` and return the exit status.
-
-    Args:
-        main (Callable): The command's work, given ``argv``.
-        argv (Sequence[str], optional): The arguments. Defaults to None
-            (``sys.argv[1:]``).
-        errors (tuple): What to report as ``error: ...`` rather than as a
-            traceback. Defaults to :data:`USER_ERRORS`.
-
-    Returns:
-        int: 0, or 1 after reporting one of ``errors``.
-    """
+    """Call ``main(argv)`` (``argv`` None: ``sys.argv[1:]``) and return
+    the exit status: 0, or 1 after reporting one of ``errors`` as
+    ``error: ...`` rather than as a traceback."""
     try:
         main(argv)
     except errors as e:

@@ -16,13 +16,14 @@ import os
 import os.path as osp
 import signal
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 import mmengine
 import numpy as np
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import BaseMetric, DumpResults
+
 from ..engine.config import ConfigError, build_runner, load_config
 from ..engine.validate import check_config
 from ..engine.work_dir import work_dir_lock
@@ -54,130 +55,65 @@ class CfgOptionsAction(DictAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=CfgOptionsAction,
+def _parser(test: bool) -> argparse.ArgumentParser:
+    """The command line of ``tools/test.py`` or ``tools/train.py``."""
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a checkpoint' if test else
+        'Train a model')
+    add = parser.add_argument
+    add('config', help=f'{"test" if test else "train"} config file path')
+    if test:
+        add('checkpoint', help='checkpoint file')
+        add('--work-dir',
+            help='the dir to save the evaluation metrics and logs')
+        add('--out',
+            help='file to dump results to. FILE.npz: compact predictions, '
+            'numpy arrays pred_label (N,), pred_score (N, classes) and '
+            "gt_label (N,), in dataset order; .pkl/.json: mmpretrain's "
+            'full DataSample dicts (inputs included, large)')
+        add('--force', action='store_true', help='overwrite OUT if it exists')
+        add('--out-item', choices=['metrics', 'pred'],
+            help='dump the metrics or the predictions (default) to --out')
+        add('--amp', action='store_true',
+            help='mixed precision test (fp16 on GPU, bf16 on CPU)')
+        add('--show-dir', help='save images with their predictions here')
+        add('--show', action='store_true',
+            help='display each image with its prediction in a window '
+            '(needs a display)')
+        add('--interval', type=int, default=1,
+            help='visualize every INTERVAL-th sample')
+        add('--wait-time', type=float, default=2,
+            help='seconds each --show window stays open')
+        add('--tta', action='store_true',
+            help="test-time augmentation: the config's tta_model and "
+            'tta_pipeline if it has them, else the average score of the '
+            'image and its horizontal flip')
+    else:
+        add('--work-dir', help='the dir to save logs and models')
+        add('--resume', nargs='?', type=str, const='auto',
+            help='resume from the checkpoint PATH, or with no PATH (or '
+            '"auto") from the latest complete checkpoint in the work dir.')
+        add('--amp', action='store_true',
+            help='mixed precision: fp16 (or optim_wrapper.dtype) on GPU, '
+            'bf16 on CPU.')
+        add('--no-validate', action='store_true',
+            help='do not evaluate the checkpoints during training')
+        add('--auto-scale-lr', action='store_true',
+            help='scale the lr by the actual total batch size over '
+            'auto_scale_lr.base_batch_size')
+        add('--no-persistent-workers', action='store_true',
+            help='disable persistent_workers in the dataloaders')
+    add('--no-pin-memory', action='store_true',
+        help='disable pin_memory in the dataloaders')
+    add('--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override settings of the config, KEY=VALUE pairs such as '
         'train_cfg.max_epochs=2 or "model.backbone.out_indices=[-1]" (no '
         'spaces). Every parent of KEY must exist in the config.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
+    add('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none', help='job launcher')
     # torchrun passes --local-rank (torch.distributed.launch --local_rank).
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-
-
-def train_parser() -> argparse.ArgumentParser:
-    """The command line of ``tools/train.py``."""
-    parser = argparse.ArgumentParser(description='Train a model')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument(
-        '--resume',
-        nargs='?',
-        type=str,
-        const='auto',
-        help='resume from the checkpoint PATH, or with no PATH (or "auto") '
-        'from the latest complete checkpoint in the work dir.')
-    parser.add_argument(
-        '--amp',
-        action='store_true',
-        help='mixed precision: fp16 (or optim_wrapper.dtype) on GPU, '
-        'bf16 on CPU.')
-    parser.add_argument(
-        '--no-validate',
-        action='store_true',
-        help='do not evaluate the checkpoints during training')
-    parser.add_argument(
-        '--auto-scale-lr',
-        action='store_true',
-        help='scale the lr by the actual total batch size over '
-        'auto_scale_lr.base_batch_size')
-    parser.add_argument(
-        '--no-pin-memory',
-        action='store_true',
-        help='disable pin_memory in the dataloaders')
-    parser.add_argument(
-        '--no-persistent-workers',
-        action='store_true',
-        help='disable persistent_workers in the dataloaders')
-    _add_common(parser)
+    add('--local_rank', '--local-rank', type=int, default=0)
     return parser
-
-
-def test_parser() -> argparse.ArgumentParser:
-    """The command line of ``tools/test.py``."""
-    parser = argparse.ArgumentParser(
-        description='Test (and evaluate) a checkpoint')
-    parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--work-dir', help='the dir to save the evaluation metrics and logs')
-    parser.add_argument(
-        '--out',
-        help='file to dump results to. FILE.npz: compact predictions, '
-        'numpy arrays pred_label (N,), pred_score (N, classes) and '
-        'gt_label (N,), in dataset order; .pkl/.json: mmpretrain\'s full '
-        'DataSample dicts (inputs included, large)')
-    parser.add_argument(
-        '--force', action='store_true', help='overwrite OUT if it exists')
-    parser.add_argument(
-        '--out-item',
-        choices=['metrics', 'pred'],
-        help='dump the metrics or the predictions (default) to --out')
-    parser.add_argument(
-        '--amp',
-        action='store_true',
-        help='mixed precision test (fp16 on GPU, bf16 on CPU)')
-    parser.add_argument(
-        '--show-dir', help='save images with their predictions here')
-    parser.add_argument(
-        '--show',
-        action='store_true',
-        help='display each image with its prediction in a window (needs a '
-        'display)')
-    parser.add_argument(
-        '--interval',
-        type=int,
-        default=1,
-        help='visualize every INTERVAL-th sample')
-    parser.add_argument(
-        '--wait-time',
-        type=float,
-        default=2,
-        help='seconds each --show window stays open')
-    parser.add_argument(
-        '--tta',
-        action='store_true',
-        help='test-time augmentation: the config\'s tta_model and '
-        'tta_pipeline if it has them, else the average score of the image '
-        'and its horizontal flip')
-    parser.add_argument(
-        '--no-pin-memory',
-        action='store_true',
-        help='disable pin_memory in the dataloaders')
-    _add_common(parser)
-    return parser
-
-
-def _missing_parent(cfg: Config, key: str) -> Optional[Tuple[str, Any]]:
-    """The first parent of the dotted ``key`` absent from ``cfg``, with the
-    node that should have held it; None if every parent exists."""
-    node = cfg._cfg_dict
-    parts = key.split('.')
-    for depth, part in enumerate(parts[:-1]):
-        if isinstance(node, (list, tuple)) and part.isdigit() and int(
-                part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return '.'.join(parts[:depth + 1]), node
-    return None
 
 
 def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
@@ -188,64 +124,57 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
     existing keys.
     """
     for key in options or {}:
-        found = _missing_parent(cfg, key)
-        if found is None:
-            continue
-        missing, node = found
-        siblings = list(node) if isinstance(node, dict) else []
-        close = difflib.get_close_matches(
-            missing.rpartition('.')[2], siblings, n=3)
-        hint = (f' Did you mean {", ".join(close)}?' if close else
-                ' Print the config with `python -c "from mmengine import '
-                "Config; print(Config.fromfile('CONFIG').pretty_text)\"`.")
-        raise ConfigError(
-            f'--cfg-options {key}=...: the config has no {missing!r}.{hint}')
+        node, parts = cfg._cfg_dict, key.split('.')
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, (list, tuple)) and part.isdigit() \
+                    and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                close = difflib.get_close_matches(
+                    part, list(node) if isinstance(node, dict) else [], n=3)
+                hint = (f' Did you mean {", ".join(close)}?' if close else
+                        ' Print the config with `python -c "from mmengine '
+                        "import Config; print(Config.fromfile('CONFIG')."
+                        'pretty_text)"`.')
+                raise ConfigError(
+                    f'--cfg-options {key}=...: the config has no '
+                    f'{".".join(parts[:depth + 1])!r}.{hint}')
     if options:
         cfg.merge_from_dict(options)
 
 
-def _default_dataloaders(cfg: Config, fields: Sequence[str],
-                         defaults: dict) -> None:
-    for field in fields:
-        if cfg.get(field) is None:
-            continue
-        merged = ConfigDict(defaults)
-        merged.update(cfg[field])
-        cfg[field] = merged
-
-
-def _set_launcher(cfg: Config, launcher: str) -> None:
-    cfg.launcher = launcher
+def _common_args(cfg: Config, args: argparse.Namespace,
+                 loaders: Sequence[str], **defaults) -> None:
+    """Launcher, work dir and dataloader defaults, for both commands."""
+    cfg.launcher = args.launcher
     if not torch.cuda.is_available():
         cfg.setdefault('env_cfg', ConfigDict()).setdefault(
             'dist_cfg', ConfigDict())['backend'] = 'gloo'
-
-
-def _work_dir(cfg: Config, args: argparse.Namespace) -> None:
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    defaults.update(
+        pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
+        collate_fn=dict(type='default_collate'))
+    for field in loaders:
+        if cfg.get(field) is not None:
+            cfg[field] = ConfigDict(defaults, **cfg[field])
 
 
 def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
     """Apply the ``tools/train.py`` arguments to ``cfg``."""
     if args.no_validate:
-        cfg.val_cfg = None
-        cfg.val_dataloader = None
-        cfg.val_evaluator = None
-    _set_launcher(cfg, args.launcher)
-    _work_dir(cfg, args)
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     if args.amp:
         cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume == 'auto':
+    if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = None if args.resume == 'auto' else args.resume
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg:
             raise ConfigError(
@@ -253,14 +182,11 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
                 'auto_scale_lr = dict(base_batch_size=N) with the batch '
                 'size its lr was tuned for.')
         cfg.auto_scale_lr.enable = True
-    _default_dataloaders(
-        cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'),
-        dict(
-            pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
-            persistent_workers=not args.no_persistent_workers,
-            collate_fn=dict(type='default_collate')))
+    loaders = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    _common_args(cfg, args, loaders,
+                 persistent_workers=not args.no_persistent_workers)
     merge_cfg_options(cfg, args.cfg_options)
-    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+    for field in loaders:
         # persistent_workers needs workers.
         if cfg.get(field) is not None and not cfg[field].get('num_workers'):
             cfg[field].persistent_workers = False
@@ -269,32 +195,22 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
     """Apply the ``tools/test.py`` arguments to ``cfg``."""
-    _set_launcher(cfg, args.launcher)
-    _work_dir(cfg, args)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.amp:
         cfg.test_cfg = cfg.get('test_cfg') or ConfigDict()
         cfg.test_cfg.fp16 = True
     if args.show or args.show_dir is not None:
-        hooks = cfg.setdefault('default_hooks', ConfigDict())
-        hooks['visualization'] = ConfigDict(
-            type='VisualizationHook',
-            enable=True,
-            show=args.show,
-            wait_time=args.wait_time,
-            out_dir=args.show_dir,
-            interval=args.interval)
+        cfg.setdefault('default_hooks', ConfigDict())['visualization'] = \
+            ConfigDict(type='VisualizationHook', enable=True, show=args.show,
+                       wait_time=args.wait_time, out_dir=args.show_dir,
+                       interval=args.interval)
     if args.tta:
         _use_tta(cfg)
     cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
         dict(type='TestProgressBarHook')
     ]
-    _default_dataloaders(
-        cfg, ('test_dataloader', ),
-        dict(
-            pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
-            collate_fn=dict(type='default_collate')))
+    _common_args(cfg, args, ('test_dataloader', ))
     merge_cfg_options(cfg, args.cfg_options)
     return cfg
 
@@ -328,11 +244,8 @@ class DumpPredictions(BaseMetric):
 
         def write(path: str) -> None:
             with open(path, 'wb') as f:
-                np.savez(
-                    f,
-                    pred_label=scores.argmax(1),
-                    pred_score=scores,
-                    gt_label=np.array(gts))
+                np.savez(f, pred_label=scores.argmax(1), pred_score=scores,
+                         gt_label=np.array(gts))
 
         atomic_save_bytes(self.out_file_path, write)
         return {}
@@ -352,24 +265,6 @@ def _use_tta(cfg: Config) -> None:
     tta_model = cfg.get('tta_model', dict(type='AverageClsScoreTTA'))
     cfg.model = ConfigDict(**tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-
-
-def _check(cfg: Config, args: argparse.Namespace,
-           fields: Sequence[str]) -> None:
-    """Check the merged config against the file before anything is
-    written."""
-    fields = [f for f in fields if cfg.get(f) is not None]
-    check_config(cfg, load_config(args.config), args.cfg_options,
-                 args.config, fields)
-
-
-def _run(main, argv: Optional[List[str]]) -> int:
-    status = run(main, argv, errors=(UserError, ))
-    # Only after success: after a failure the other ranks may never reach
-    # the barrier, and torchrun stops them anyway.
-    if status == 0:
-        _shut_down_distributed()
-    return status
 
 
 def _shut_down_distributed() -> None:
@@ -404,12 +299,22 @@ def _exit_with_launcher(launcher: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _train(argv: Optional[List[str]]) -> None:
-    args = train_parser().parse_args(argv)
+def _config(args: argparse.Namespace, merge: Callable,
+            loaders: Sequence[str]) -> Config:
+    """The config with the command line merged in, checked against the
+    file before anything is written."""
     _exit_with_launcher(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = merge_train_args(load_config(args.config), args)
-    _check(cfg, args, ('train_dataloader', 'val_dataloader'))
+    cfg = merge(load_config(args.config), args)
+    check_config(cfg, load_config(args.config), args.cfg_options,
+                 args.config, [f for f in loaders if cfg.get(f) is not None])
+    return cfg
+
+
+def _train(argv: Optional[List[str]]) -> None:
+    args = _parser(test=False).parse_args(argv)
+    cfg = _config(args, merge_train_args,
+                  ('train_dataloader', 'val_dataloader'))
     with work_dir_lock(cfg.work_dir):
         runner = build_runner(cfg)
         runner.logger.addFilter(_not_noise)
@@ -417,8 +322,7 @@ def _train(argv: Optional[List[str]]) -> None:
 
 
 def _test(argv: Optional[List[str]]) -> None:
-    args = test_parser().parse_args(argv)
-    _exit_with_launcher(args.launcher)
+    args = _parser(test=True).parse_args(argv)
     if args.out is None and args.out_item is not None:
         raise ConfigError('--out-item needs --out FILE to write to.')
     if args.out and args.out_item != 'metrics' and not args.out.endswith(
@@ -429,9 +333,7 @@ def _test(argv: Optional[List[str]]) -> None:
             'add --out-item metrics.')
     if args.out is not None:
         refuse_overwrite(args.out, args.force)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = merge_test_args(load_config(args.config), args)
-    _check(cfg, args, ('test_dataloader', ))
+    cfg = _config(args, merge_test_args, ('test_dataloader', ))
     runner = build_runner(cfg)
     runner.logger.addFilter(_not_noise)
     if args.out and args.out_item in ('pred', None):
@@ -440,6 +342,15 @@ def _test(argv: Optional[List[str]]) -> None:
     metrics = runner.test()
     if args.out and args.out_item == 'metrics':
         mmengine.dump(metrics, args.out)
+
+
+def _run(main: Callable, argv: Optional[List[str]]) -> int:
+    status = run(main, argv, errors=(UserError, ))
+    # Only after success: after a failure the other ranks may never reach
+    # the barrier, and torchrun stops them anyway.
+    if status == 0:
+        _shut_down_distributed()
+    return status
 
 
 def train(argv: Optional[List[str]] = None) -> int:

@@ -19,10 +19,9 @@ class DataNotFoundError(UserError, FileNotFoundError):
 
 def _find(data_root: str, name: str) -> Optional[str]:
     """The path of ``name`` (``.gz`` or uncompressed) in ``data_root``."""
-    for path in (osp.join(data_root, name), osp.join(data_root, name[:-3])):
-        if osp.isfile(path):
-            return path
-    return None
+    return next((p for p in (osp.join(data_root, name),
+                             osp.join(data_root, name[:-3]))
+                 if osp.isfile(p)), None)
 
 
 def _read(path: str, ndim: int) -> np.ndarray:
@@ -101,7 +100,5 @@ class FashionMNISTIDX(FashionMNIST):
         if len(images) != len(labels):
             raise ValueError(f'{paths[0]} has {len(images)} images but '
                              f'{paths[1]} has {len(labels)} labels.')
-        return [
-            dict(img=img, gt_label=int(label))
-            for img, label in zip(images, labels)
-        ]
+        return [dict(img=img, gt_label=int(label))
+                for img, label in zip(images, labels)]

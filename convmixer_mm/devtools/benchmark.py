@@ -18,7 +18,6 @@ runs it under autocast instead of the run's default dtype.
 """
 import contextlib
 import ctypes
-import functools
 import gc
 import os
 import platform
@@ -30,18 +29,15 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from ..apis.complexity import count_complexity
 from ..engine.checkpoint import from_mm_layout, load_weights
 from ..models import ConvMixerMM, fuse_convmixer
 
 IMPLS = ('ours', 'mmpretrain', 'timm')
 FLAGS = ('cl', 'fuse', 'compile', 'cp')
-DTYPES = {
-    'fp32': torch.float32,
-    'bf16': torch.bfloat16,
-    'fp16': torch.float16
-}
+DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
+Progress = Callable[[str], object]
 
 
 @dataclass(frozen=True)
@@ -73,13 +69,13 @@ class CandidateSpec:
         if impl != 'ours' and ('fuse' in flags or 'cp' in flags):
             raise ValueError(
                 f'{spec!r}: +fuse and +cp exist for "ours" only.')
-        return cls(impl, 'cl' in flags, 'fuse' in flags, 'compile' in flags,
-                   'cp' in flags, dtypes[0] if dtypes else None)
+        return cls(impl, *(f in flags for f in FLAGS),
+                   dtypes[0] if dtypes else None)
 
     @property
     def name(self) -> str:
-        flags = [f for f, on in zip(FLAGS, (self.channels_last, self.fuse,
-                                           self.compile, self.with_cp)) if on]
+        on = (self.channels_last, self.fuse, self.compile, self.with_cp)
+        flags = [f for f, f_on in zip(FLAGS, on) if f_on]
         return '+'.join([self.impl, *flags] + [self.dtype] * bool(self.dtype))
 
 
@@ -129,20 +125,18 @@ class BenchmarkSettings:
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first bad setting."""
         ConvMixerMM.parse_arch(self.arch)
-        if self.dtype not in DTYPES:
-            raise ValueError(f'dtype={self.dtype!r}: use one of '
-                             f'{list(DTYPES)}.')
-        if self.device not in ('cpu', 'cuda'):
-            raise ValueError(f'device={self.device!r}: use "cpu" or "cuda".')
+        choices = dict(
+            dtype=list(DTYPES), device=['cpu', 'cuda'], act=['GELU', 'ReLU'])
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f'{name}={getattr(self, name)!r}: use one '
+                                 f'of {valid}.')
         if self.device == 'cuda' and not torch.cuda.is_available():
             raise ValueError('device="cuda" but CUDA is not available: use '
                              '--device cpu.')
-        bad_modes = sorted(set(self.modes) - {'inference', 'train'})
-        if not self.modes or bad_modes:
+        if not self.modes or set(self.modes) - {'inference', 'train'}:
             raise ValueError(f'modes={self.modes}: use "inference" and/or '
                              '"train".')
-        if self.act not in ('GELU', 'ReLU'):
-            raise ValueError(f'act={self.act!r}: use "GELU" or "ReLU".')
         for name in ('batch_size', 'img_size', 'rounds', 'in_channels',
                      'num_classes'):
             if getattr(self, name) <= 0:
@@ -168,81 +162,64 @@ def settings_from_config(path: str, **kwargs) -> BenchmarkSettings:
         **kwargs: Other fields of :class:`BenchmarkSettings`.
     """
     from mmengine.config import Config
-    model = Config.fromfile(path).model
-    backbone = model.get('backbone', {})
-    if backbone.get('type') != 'ConvMixerMM':
+
+    from ..apis.converter import arch_from_config
+    cfg = Config.fromfile(path)
+    kind = cfg.model.get('backbone', {}).get('type')
+    if kind != 'ConvMixerMM':
         raise ValueError(
-            f'{path} does not build a ConvMixerMM backbone (got '
-            f'{backbone.get("type")!r}): pass a convmixer_mm config or an '
-            'arch name.')
-    arch = ConvMixerMM.parse_arch(backbone.get('arch', '768/32'))
+            f'{path} does not build a ConvMixerMM backbone (got {kind!r}): '
+            'pass a convmixer_mm config or an arch name.')
+    arch, act = arch_from_config(cfg)
     return BenchmarkSettings(
+        act=act,
+        in_channels=arch.pop('in_channels'),
+        num_classes=arch.pop('num_classes'),
         arch=arch,
-        act=backbone.get('act_cfg', {}).get('type', 'GELU'),
-        in_channels=backbone.get('in_channels', 3),
-        num_classes=model.head.num_classes,
         **kwargs)
 
 
-def build_ours(settings: BenchmarkSettings, with_cp: bool) -> nn.Module:
-    """Our ``ImageClassifier`` with ``ConvMixerMM`` and its head."""
+def build_model(settings: BenchmarkSettings,
+                impl: str,
+                with_cp: bool = False) -> nn.Module:
+    """Our classifier, mmpretrain's built-in ConvMixer as in its own
+    configs, or timm's, with the architecture of ``settings``."""
+    arch, dims = settings.arch, settings.arch['embed_dims']
+    if impl == 'timm':
+        from timm.models.convmixer import ConvMixer
+        return ConvMixer(
+            dims, arch['depth'], arch['kernel_size'], arch['patch_size'],
+            in_chans=settings.in_channels, num_classes=settings.num_classes,
+            act_layer=getattr(nn, settings.act))
     from mmpretrain.registry import MODELS
-    return MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='ConvMixerMM',
-                arch=dict(settings.arch),
-                in_channels=settings.in_channels,
-                act_cfg=dict(type=settings.act),
-                with_cp=with_cp),
-            head=dict(
-                type='ConvMixerClsHead',
-                num_classes=settings.num_classes,
-                in_channels=settings.arch['embed_dims'])))
-
-
-def build_mmpretrain(settings: BenchmarkSettings) -> nn.Module:
-    """mmpretrain's built-in ConvMixer, as in its own configs."""
-    from mmpretrain.registry import MODELS
-    return MODELS.build(
-        dict(
-            type='ImageClassifier',
-            backbone=dict(
-                type='ConvMixer',
-                arch=dict(settings.arch),
-                in_channels=settings.in_channels,
-                act_cfg=dict(type=settings.act)),
-            neck=dict(type='GlobalAveragePooling'),
-            head=dict(
-                type='LinearClsHead',
-                num_classes=settings.num_classes,
-                in_channels=settings.arch['embed_dims'])))
-
-
-def build_timm(settings: BenchmarkSettings) -> nn.Module:
-    """timm's ConvMixer with the same architecture."""
-    from timm.models.convmixer import ConvMixer
-    arch = settings.arch
-    return ConvMixer(
-        dim=arch['embed_dims'],
-        depth=arch['depth'],
-        kernel_size=arch['kernel_size'],
-        patch_size=arch['patch_size'],
-        in_chans=settings.in_channels,
-        num_classes=settings.num_classes,
-        act_layer=getattr(nn, settings.act))
+    ours = impl == 'ours'
+    backbone = dict(
+        type='ConvMixerMM' if ours else 'ConvMixer', arch=dict(arch),
+        in_channels=settings.in_channels, act_cfg=dict(type=settings.act))
+    if ours:
+        backbone['with_cp'] = with_cp
+    return MODELS.build(dict(
+        type='ImageClassifier', backbone=backbone,
+        neck=None if ours else dict(type='GlobalAveragePooling'),
+        head=dict(type='ConvMixerClsHead' if ours else 'LinearClsHead',
+                  num_classes=settings.num_classes, in_channels=dims)))
 
 
 @torch.no_grad()
-def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
-    """Give BN non-trivial statistics so fused and unfused paths differ."""
+def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
+    """Random BN statistics and affine terms, so that comparisons cover
+    them (with the defaults BN is nearly the identity and folding or
+    renaming mistakes would go unnoticed); returns the model in eval mode.
+    The tests share it."""
+    gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.normal_(0, 0.5, generator=generator)
-            m.running_var.uniform_(0.5, 2., generator=generator)
-            m.weight.normal_(1, 0.2, generator=generator)
-            m.bias.normal_(0, 0.2, generator=generator)
+            m.running_mean.normal_(0, 0.2, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+            m.weight.normal_(1, 0.2, generator=gen)
+            m.bias.normal_(0, 0.2, generator=gen)
+            m.num_batches_tracked.fill_(7)
+    return model.eval()
 
 
 class Candidate:
@@ -253,38 +230,29 @@ class Candidate:
         self.spec = spec
         self.dtype = spec.dtype or settings.dtype
         self.device = settings.device
+        model = build_model(settings, spec.impl, spec.with_cp)
         if spec.impl == 'timm':
-            model = build_timm(settings)
             model.load_state_dict(from_mm_layout(state, 'timm'))
+            self.call = model
         else:
-            model = build_ours(settings, spec.with_cp) if spec.impl == \
-                'ours' else build_mmpretrain(settings)
             load_weights(model, state)
-        model = model.to(settings.device)
+            self.call = lambda x: model(x, mode='tensor')
+        model.to(settings.device).train(mode == 'train')
         if spec.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model.train(mode == 'train')
+            model.to(memory_format=torch.channels_last)
         if spec.fuse:
             fuse_convmixer(model)
-        self.model = model
-        self.call = self._forward_fn(model)
         if spec.compile:
             self.call = torch.compile(self.call)
         if mode == 'train':
             self.optimizer = torch.optim.SGD(
                 model.parameters(), lr=1e-3, momentum=0.9)
 
-    def _forward_fn(self, model: nn.Module
-                    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.spec.impl == 'timm':
-            return model
-        return lambda x: model(x, mode='tensor')
-
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Lay the input out the way this candidate wants it."""
-        if self.spec.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous()
+        return x.contiguous(memory_format=torch.channels_last
+                            if self.spec.channels_last else
+                            torch.contiguous_format)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == 'fp32':
@@ -304,22 +272,6 @@ class Candidate:
         return loss.detach()
 
 
-def count_macs(settings: BenchmarkSettings) -> int:
-    """Multiply-accumulates of one image through the model."""
-    model = build_ours(settings, with_cp=False).eval()
-    # Count aten's convolutions, whatever the fast paths would run.
-    model.backbone.fuse_eval = False
-    for module in model.modules():
-        if hasattr(module, 'fast'):
-            module.fast = False
-    x = torch.zeros(1, settings.in_channels, settings.img_size,
-                    settings.img_size)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x, mode='tensor')
-    return counter.get_total_flops() // 2
-
-
 class GemmProbe:
     """The GEMM of the model's 1x1 conv, timed inside the same loop.
 
@@ -332,18 +284,17 @@ class GemmProbe:
         dims = settings.arch['embed_dims']
         side = settings.img_size // settings.arch['patch_size']
         rows = settings.batch_size * side * side
-        dtype = DTYPES[dtype_name]
-        device = settings.device
+        dtype, device = DTYPES[dtype_name], settings.device
         self.flops = 2 * rows * dims * dims
         self.a = torch.randn(rows, dims, device=device, dtype=dtype)
         self.b = torch.randn(dims, dims, device=device, dtype=dtype)
-        self.fns: Dict[str, Callable[[], torch.Tensor]] = {
+        self.fns = {
             f'gemm:torch.mm:{dtype_name}': lambda: torch.mm(self.a, self.b)
         }
         if device == 'cpu' and dtype != torch.float16:
-            x = torch.randn(settings.batch_size, dims, side, side,
-                            dtype=dtype).contiguous(
-                                memory_format=torch.channels_last)
+            x = torch.randn(
+                settings.batch_size, dims, side, side, dtype=dtype).contiguous(
+                    memory_format=torch.channels_last)
             w = torch.ops.mkldnn._reorder_convolution_weight(
                 self.b.view(dims, dims, 1, 1), [0, 0], [1, 1], [1, 1], 1,
                 list(x.shape))
@@ -357,13 +308,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_times(
-        fns: Dict[str, Callable[[], object]],
-        warmup: int,
-        rounds: int,
-        device: str,
-        progress: Callable[[str], object] = lambda _: None
-) -> Dict[str, List[float]]:
+def interleaved_times(fns: Dict[str, Callable[[], object]],
+                      warmup: int,
+                      rounds: int,
+                      device: str,
+                      progress: Progress = lambda _: None
+                      ) -> Dict[str, List[float]]:
     """Seconds per call of each function, the order rotating every round;
     ``progress`` is told each round."""
     names = list(fns)
@@ -385,16 +335,6 @@ def interleaved_times(
     return times
 
 
-@functools.lru_cache(maxsize=None)
-def _libc_or_none() -> Optional[ctypes.CDLL]:
-    if platform.system() != 'Linux':
-        return None
-    try:
-        return ctypes.CDLL('libc.so.6')
-    except OSError:
-        return None
-
-
 def _rss_kib(field_name: str) -> int:
     with open('/proc/self/status') as f:
         for line in f:
@@ -412,7 +352,10 @@ def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
     ``mmap`` (returned on free) while tracking, and the peak RSS counter
     (``VmHWM``) is reset through ``/proc/self/clear_refs``.
     """
-    libc = _libc_or_none()
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        libc = None
     if libc is None or not os.path.exists('/proc/self/clear_refs'):
         raise RuntimeError('CPU peak memory needs Linux /proc and glibc: '
                            'pass --no-memory.')
@@ -463,27 +406,21 @@ def profile_ops(step: Callable[[], object], iters: int = 2,
     """
     from torch.profiler import ProfilerActivity, profile
     step()
-    with profile(activities=[ProfilerActivity.CPU],
-                 record_shapes=True) as prof:
+    with profile(
+            activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(iters):
             step()
     events = prof.key_averages(group_by_input_shape=True)
-    total = sum(e.self_cpu_time_total for e in events)
     ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
     return dict(
-        total_ms=total / 1e3 / iters,
+        total_ms=sum(e.self_cpu_time_total for e in events) / 1e3 / iters,
         ops=[
             dict(
                 op=e.key,
                 shapes=str([list(s) for s in e.input_shapes if s][:2]),
                 calls=e.count // iters,
-                self_ms=e.self_cpu_time_total / 1e3 / iters)
-            for e in ranked
+                self_ms=e.self_cpu_time_total / 1e3 / iters) for e in ranked
         ])
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
 
 
 def machine_description(device: str) -> str:
@@ -507,9 +444,8 @@ def machine_description(device: str) -> str:
             f'{", " + "+".join(bf16) if bf16 else ""}')
 
 
-def run_benchmark(
-        settings: BenchmarkSettings,
-        progress: Callable[[str], object] = lambda _: None) -> dict:
+def run_benchmark(settings: BenchmarkSettings,
+                  progress: Progress = lambda _: None) -> dict:
     """Build every candidate, time them interleaved and return a report.
 
     ``progress`` (e.g. ``print``) is told each step as it starts: each
@@ -517,32 +453,30 @@ def run_benchmark(
 
     Returns:
         dict: JSON-serialisable ``settings``, ``machine``,
-        ``macs_per_image`` and ``results[mode]`` with the GEMM rates
-        (``gemm``) and, per candidate (``candidates``), median seconds,
-        img/s, GFLOP/s, its fraction of the GEMM rate in its dtype, peak
-        memory and, for inference, the largest output difference from our
-        fp32 contiguous eager model.
+        ``macs_per_image`` (counted as ``apis.complexity`` counts FLOPs)
+        and ``results[mode]`` with the GEMM rates (``gemm``, and
+        ``gemm_best`` from the fastest rounds) and, per candidate
+        (``candidates``), median seconds, img/s, GFLOP/s, its fraction of
+        the GEMM rate in its dtype, peak memory and, for inference, the
+        largest output difference from our fp32 contiguous eager model.
     """
     settings.check()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     specs = [CandidateSpec.parse(c) for c in settings.candidates]
-    gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
-    reference = build_ours(settings, with_cp=False)
-    randomize_bn(reference, gen)
+    reference = randomize_bn(build_model(settings, 'ours'), settings.seed)
     state = reference.state_dict()
-    reference = reference.eval().to(settings.device)
     reference.backbone.fuse_eval = False  # the plain fp32 model
-    macs = count_macs(settings)
-    shape = (settings.batch_size, settings.in_channels, settings.img_size,
-             settings.img_size)
-    x = torch.randn(shape, generator=gen).to(settings.device)
-    labels = torch.randint(
-        settings.num_classes, (settings.batch_size, ),
-        generator=gen).to(settings.device)
+    image = (settings.in_channels, settings.img_size, settings.img_size)
+    macs = count_complexity(reference, image)['flops']
+    gen = torch.Generator().manual_seed(settings.seed)
+    x = torch.randn(settings.batch_size, *image, generator=gen)
+    labels = torch.randint(settings.num_classes, (settings.batch_size, ),
+                           generator=gen).to(settings.device)
+    x = x.to(settings.device)
     with torch.no_grad():
-        ref_out = reference(x, mode='tensor')
+        ref_out = reference.to(settings.device)(x, mode='tensor')
     del reference
 
     dtypes = sorted({s.dtype or settings.dtype for s in specs})
@@ -560,161 +494,114 @@ def run_benchmark(
             s.name: Candidate(s, settings, state, mode)
             for s in specs if mode == 'inference' or not s.fuse
         }
-        fns = {}
-        diffs = {}
+        fns, diffs = {}, {}
         for name, c in cands.items():
             progress(f'{mode}: building and checking {name}')
             inp = c.prepare(x)
             if mode == 'inference':
                 fns[name] = lambda c=c, i=inp: c.infer(i)
-                diffs[name] = max_abs_diff(c.infer(inp), ref_out)
+                diffs[name] = (c.infer(inp).float() -
+                               ref_out).abs().max().item()
             else:
                 fns[name] = lambda c=c, i=inp: c.train_step(i, labels)
+        gemm_flops = {n: p.flops for p in probes.values() for n in p.fns}
         for probe in probes.values():
             fns.update(probe.fns)
         progress(f'{mode}: timing {", ".join(cands)} and the GEMM probes')
         times = interleaved_times(fns, settings.warmup, settings.rounds,
                                   settings.device, progress)
-        gemm = {
-            name: probes[name.split(':')[-1]].flops /
-            statistics.median(times[name]) / 1e9
-            for probe in probes.values() for name in probe.fns
-        }
-        best_gemm = {
-            d: max(v for k, v in gemm.items() if k.endswith(':' + d))
-            for d in dtypes
-        }
+        result = dict(
+            gemm={
+                n: f / statistics.median(times[n]) / 1e9
+                for n, f in gemm_flops.items()
+            },
+            gemm_best={
+                n: f / min(times[n]) / 1e9
+                for n, f in gemm_flops.items()
+            },
+            candidates={})
         # A training step is a forward and a backward, the latter with
         # twice the forward's MACs (input and weight gradients).
         flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
-        rows = {}
         for name, c in cands.items():
             median = statistics.median(times[name])
             ips = settings.batch_size / median
             gflops = flops_per_image * ips / 1e9
-            rows[name] = dict(
+            best_gemm = max(v for k, v in result['gemm'].items()
+                            if k.endswith(':' + c.dtype))
+            row = result['candidates'][name] = dict(
                 dtype=c.dtype,
                 median_s=median,
                 times_s=times[name],
                 img_per_s=ips,
                 best_img_per_s=settings.batch_size / min(times[name]),
                 gflops=gflops,
-                gemm_fraction=gflops / best_gemm[c.dtype],
+                gemm_fraction=gflops / best_gemm,
                 max_abs_diff=diffs.get(name))
             progress(f'{mode}: {name}: {ips:.1f} img/s')
             if settings.memory:
                 progress(f'{mode}: {name}: measuring peak memory')
-                rows[name]['peak_mem_bytes'] = peak_memory(
-                    fns[name], settings.device)
-        gemm_best = {
-            name: probes[name.split(':')[-1]].flops / min(times[name]) / 1e9
-            for name in gemm
-        }
-        report['results'][mode] = dict(
-            gemm=gemm, gemm_best=gemm_best, candidates=rows)
+                row['peak_mem_bytes'] = peak_memory(fns[name],
+                                                    settings.device)
         if settings.profile:
             first = next(iter(cands))
-            report['results'][mode]['profile'] = dict(
+            result['profile'] = dict(
                 candidate=first, **profile_ops(fns[first]))
+        report['results'][mode] = result
         del cands, fns
     return report
 
 
-def ratio(report: dict, mode: str, num: str, den: str) -> float:
-    """img/s of candidate ``num`` over that of ``den`` in ``mode``."""
-    rows = report['results'][mode]['candidates']
-    return rows[num]['img_per_s'] / rows[den]['img_per_s']
-
-
-def _title(report: dict) -> str:
-    s = report['settings']
-    arch = s['arch']
-    return (f'ConvMixer-{arch["embed_dims"]}/{arch["depth"]} (patch '
-            f'{arch["patch_size"]}, kernel {arch["kernel_size"]}), '
-            f'{s["img_size"]} px, batch {s["batch_size"]}, {s["device"]}')
-
-
-def _gemm_line(gemm: Dict[str, float]) -> str:
-    return 'GEMM ' + ', '.join(
-        f'{k.split(":", 1)[1]} {v:.0f}' for k, v in gemm.items()) + \
-        ' GFLOP/s'
-
-
 def _cells(row: dict, base: dict) -> List[str]:
-    mem = row.get('peak_mem_bytes')
-    diff = row['max_abs_diff']
+    mem, diff = row.get('peak_mem_bytes'), row['max_abs_diff']
     return [
         f'{row["img_per_s"]:.2f}',
         f'{row["img_per_s"] / base["img_per_s"]:.2f}x',
-        f'{row["best_img_per_s"]:.2f}',
-        f'{row["gflops"]:.1f}', f'{row["gemm_fraction"]:.0%}',
+        f'{row["best_img_per_s"]:.2f}', f'{row["gflops"]:.1f}',
+        f'{row["gemm_fraction"]:.0%}',
         f'{mem / 2**20:.0f}' if mem is not None else '-',
         f'{diff:.1e}' if diff is not None else '-'
     ]
 
 
-def format_table(report: dict) -> str:
-    """A plain-text table of a report, for stdout."""
-    s = report['settings']
-    lines = [
-        f'# {report["machine"]}',
-        (f'# {_title(report)}; {report["macs_per_image"] / 1e9:.3f} '
-         f'GMACs/img; medians of {s["rounds"]} interleaved rounds')
-    ]
-    widths = (28, 8, 9, 9, 8, 8, 9, 9)
-    for mode, result in report['results'].items():
-        rows = result['candidates']
-        first = next(iter(rows))
-        lines.append(f'## {mode}: {_gemm_line(result["gemm"])}')
-        head = ('candidate', 'img/s', 'vs first', 'best', 'GFLOP/s',
-                'of GEMM', 'peak MiB', 'max|diff|')
-        lines.append(' '.join(
-            h.ljust(w) if i == 0 else h.rjust(w)
-            for i, (h, w) in enumerate(zip(head, widths))))
-        for name, row in rows.items():
-            cells = [name] + _cells(row, rows[first])
-            lines.append(' '.join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths))))
-    return '\n'.join(lines)
-
-
-def format_profile(prof: dict) -> List[str]:
-    """Markdown lines of a :func:`profile_ops` result."""
-    total = prof['total_ms']
-    lines = [
-        (f'Profile of `{prof["candidate"]}` (torch.profiler, self CPU time '
-         f'per step, {total:.0f} ms in all):'),
-        '',
-        '| operator | input shapes | calls | ms | share |',
-        '|---|---|---:|---:|---:|'
-    ]
-    for op in prof['ops']:
-        lines.append(f'| `{op["op"]}` | {op["shapes"]} | {op["calls"]} | '
-                     f'{op["self_ms"]:.1f} | {op["self_ms"] / total:.0%} |')
-    return lines + ['']
-
-
 def format_markdown(report: dict) -> str:
-    """Markdown tables of a report, one per mode."""
-    out = []
+    """Markdown tables of a report, one per mode (and its profile)."""
     s = report['settings']
+    arch = s['arch']
+    title = (f'ConvMixer-{arch["embed_dims"]}/{arch["depth"]} (patch '
+             f'{arch["patch_size"]}, kernel {arch["kernel_size"]}), '
+             f'{s["img_size"]} px, batch {s["batch_size"]}, {s["device"]}')
+    out = []
     for mode, result in report['results'].items():
         rows = result['candidates']
         first = next(iter(rows))
+        gemm = ', '.join(f'{k.split(":", 1)[1]} {v:.0f}'
+                         for k, v in result['gemm'].items())
         out += [
-            (f'{_title(report)}, **{mode}**; '
-             f'{_gemm_line(result["gemm"])}; medians of {s["rounds"]} '
-             'interleaved rounds.'),
-            '',
-            (f'| candidate | img/s | vs `{first}` | best img/s | GFLOP/s | '
-             'of GEMM | peak MiB | max abs diff |'),
-            '|---|---:|---:|---:|---:|---:|---:|---:|',
+            f'{title}, **{mode}**; GEMM {gemm} GFLOP/s; medians of '
+            f'{s["rounds"]} interleaved rounds.', '',
+            f'| candidate | img/s | vs `{first}` | best img/s | GFLOP/s | '
+            'of GEMM | peak MiB | max abs diff |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|'
         ]
-        for name, row in rows.items():
-            out.append('| ' + ' | '.join([f'`{name}`'] +
-                                         _cells(row, rows[first])) + ' |')
+        out += [
+            '| ' + ' | '.join([f'`{name}`'] + _cells(row, rows[first])) +
+            ' |' for name, row in rows.items()
+        ]
         out.append('')
-        if 'profile' in result:
-            out += format_profile(result['profile'])
+        prof = result.get('profile')
+        if prof:
+            total = prof['total_ms']
+            out += [
+                f'Profile of `{prof["candidate"]}` (torch.profiler, self '
+                f'CPU time per step, {total:.0f} ms in all):', '',
+                '| operator | input shapes | calls | ms | share |',
+                '|---|---|---:|---:|---:|'
+            ]
+            out += [
+                f'| `{op["op"]}` | {op["shapes"]} | {op["calls"]} | '
+                f'{op["self_ms"]:.1f} | {op["self_ms"] / total:.0%} |'
+                for op in prof['ops']
+            ]
+            out.append('')
     return '\n'.join(out)

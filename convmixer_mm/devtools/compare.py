@@ -38,19 +38,16 @@ class Budget:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        sizes = {'epochs': self.epochs, 'train_size': self.train_size,
-                 'val_size': self.val_size}
-        for name, value in sizes.items():
-            if value is None and name != 'epochs':
-                continue
-            if not isinstance(value, int) or value <= 0:
+        for name in ('epochs', 'train_size', 'val_size'):
+            value = getattr(self, name)
+            if (value is not None or name == 'epochs') and (
+                    not isinstance(value, int) or value <= 0):
                 raise ValueError(f'{name}={value!r} must be a positive int.')
 
     def describe(self) -> str:
         """The budget in words, for the table's caption."""
-        train = ('all' if self.train_size is None else
-                 f'the first {self.train_size}')
-        val = 'all' if self.val_size is None else f'the first {self.val_size}'
+        train, val = ('all' if n is None else f'the first {n}'
+                      for n in (self.train_size, self.val_size))
         return (f'{self.epochs} epochs on {train} training images, '
                 f'validated on {val} validation images, seed {self.seed}')
 
@@ -75,16 +72,12 @@ class TrainSpeedHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self) -> None:
-        self.images = 0
-        self.seconds = 0.
-        self._start = 0.
+        self.images, self.seconds, self._start = 0, 0., 0.
 
     def before_train_epoch(self, runner: Runner) -> None:
         self._start = time.perf_counter()
 
-    def after_train_iter(self,
-                         runner: Runner,
-                         batch_idx: int,
+    def after_train_iter(self, runner: Runner, batch_idx: int,
                          data_batch: Optional[dict] = None,
                          outputs: Optional[dict] = None) -> None:
         self.images += len(data_batch['inputs'])
@@ -122,13 +115,7 @@ def apply_budget(cfg: Config, budget: Budget, work_dir: str) -> Config:
 
 def train_one(cfg: Config, name: str, budget: Budget,
               work_dir: str) -> RunResult:
-    """Train one config on the budget; measure it.
-
-    Args:
-        cfg (Config): The config.
-        name (str): Its label in the table.
-        budget (Budget): Epochs and data.
-        work_dir (str): Where its logs and checkpoint go.
+    """Train one config, labelled ``name``, on the budget in ``work_dir``.
 
     Returns:
         RunResult: Params and FLOPs at the input size of the data, the
@@ -170,8 +157,7 @@ def markdown_table(results: Sequence[RunResult], budget: Budget) -> str:
                      f'{r.train_images_per_s:.0f} | '
                      f'{r.wall_time_s / 60:.1f} min |')
     shape = 'x'.join(str(s) for s in results[0].input_shape)
-    lines.append('')
-    lines.append(f'Budget: {budget.describe()}. FLOPs are multiply-adds of '
+    lines.append(f'\nBudget: {budget.describe()}. FLOPs are multiply-adds of '
                  f'one {shape} image; img/s counts training steps only '
                  f'(data loading included, validation excluded) with '
                  f'{torch.get_num_threads()} CPU threads; wall time '
@@ -210,20 +196,16 @@ def compare(configs: Sequence[str],
                          'the work dirs and the table rows.')
     out_dir = out_dir or work_dir
     os.makedirs(out_dir, exist_ok=True)
-    cfgs = [Config.fromfile(c) for c in configs]
-    results = []
-    for cfg, name in zip(cfgs, names):
-        results.append(
-            train_one(cfg, name, budget, osp.join(work_dir, name)))
+    results = [
+        train_one(Config.fromfile(c), name, budget, osp.join(work_dir, name))
+        for c, name in zip(configs, names)
+    ]
     with open(osp.join(out_dir, 'comparison.md'), 'w') as f:
         f.write(markdown_table(results, budget))
     with open(osp.join(out_dir, 'comparison.json'), 'w') as f:
-        json.dump(
-            dict(budget=asdict(budget), results=[asdict(r) for r in results]),
-            f,
-            indent=2)
-    plot_curves({r.name: r.curves
-                 for r in results},
+        json.dump(dict(budget=asdict(budget),
+                       results=[asdict(r) for r in results]), f, indent=2)
+    plot_curves({r.name: r.curves for r in results},
                 osp.join(out_dir, 'comparison.png'),
                 title=f'Same budget: {budget.describe()}')
     return results

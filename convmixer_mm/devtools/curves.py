@@ -24,12 +24,9 @@ def find_scalars(path: str) -> str:
         raise FileNotFoundError(
             f'{path!r} does not exist: pass the work dir of a training run '
             '(e.g. work_dirs/<config name>) or its scalars.json.')
-    candidates = [osp.join(path, 'vis_data', 'scalars.json')]
-    candidates += [
-        osp.join(path, run, 'vis_data', 'scalars.json')
-        for run in sorted(os.listdir(path), reverse=True)
-    ]
-    for candidate in candidates:
+    runs = [''] + sorted(os.listdir(path), reverse=True)
+    for run in runs:
+        candidate = osp.join(path, run, 'vis_data', 'scalars.json')
         if osp.isfile(candidate):
             return candidate
     raise FileNotFoundError(
@@ -118,27 +115,25 @@ def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
         raise FileNotFoundError(
             f'Directory {out_dir!r} of {out_file!r} does not exist.')
     keys = list(next(iter(runs.values())))
-    height = 3 + (0.2 * len(runs) if len(runs) > 1 else 0)
+    legend = len(runs) > 1
     fig, axes = plt.subplots(
-        1, len(keys), figsize=(3.6 * len(keys), height), squeeze=False)
+        1, len(keys), figsize=(3.6 * len(keys), 3 + 0.2 * len(runs) * legend),
+        squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, curves in runs.items():
-            epochs, values = curves[key]
-            ax.plot(epochs, values, marker='o', markersize=3, label=label)
+            ax.plot(*curves[key], marker='o', markersize=3, label=label)
         ax.set_xlabel('epoch')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f'val {key}' if key.startswith('accuracy') else
-                     f'train {key}')
+        split = 'val' if key.startswith('accuracy') else 'train'
+        ax.set_title(f'{split} {key}')
         ax.grid(alpha=0.3)
         if key == 'lr':
             ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
-    bottom = 0.
-    if len(runs) > 1:
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc='lower center', ncol=1, fontsize=8)
-        bottom = 0.065 * len(runs)
+    if legend:
+        fig.legend(*axes[0][0].get_legend_handles_labels(),
+                   loc='lower center', ncol=1, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.tight_layout(rect=(0, 0.065 * len(runs) * legend, 1, 1))
     fig.savefig(out_file, dpi=80)
     plt.close(fig)

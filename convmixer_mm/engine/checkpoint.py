@@ -164,19 +164,15 @@ def load_url(url: str,
 
 
 def _load_from_http(filename: str, map_location=None, **kwargs) -> dict:
-    """mmengine's http(s) scheme; each rank reads the shared cached file."""
+    """mmengine's http(s) scheme; rank 0 downloads, then every other rank
+    reads the shared cached file."""
     rank, world_size = get_dist_info()
-    if rank == 0 or world_size == 1:
-        checkpoint = load_url(filename, map_location=map_location)
-    if world_size > 1:
+    if rank > 0:
         torch.distributed.barrier()
-        if rank > 0:
-            checkpoint = load_url(filename, map_location=map_location)
+    checkpoint = load_url(filename, map_location=map_location)
+    if rank == 0 and world_size > 1:
+        torch.distributed.barrier()
     return checkpoint
-
-
-def _load_from_local(filename: str, map_location=None) -> dict:
-    return _read_local(filename, map_location)
 
 
 def route_remote_loads() -> None:
@@ -195,25 +191,20 @@ def route_remote_loads() -> None:
     mm_checkpoint.load_url = load_url
     CheckpointLoader.register_scheme(
         ['http://', 'https://'], _load_from_http, force=True)
-    CheckpointLoader.register_scheme('', _load_from_local, force=True)
+    CheckpointLoader.register_scheme(
+        '', lambda name, map_location=None: _read_local(name, map_location),
+        force=True)
 
 
 def load_checkpoint_file(filename: str,
                          map_location: Union[str, Callable] = 'cpu') -> dict:
     """Load a checkpoint with ``weights_only=True`` and clear errors.
 
-    Args:
-        filename (str): A local path (``.safetensors`` too), or a
-            ``scheme://`` name that one of mmengine's ``CheckpointLoader``
-            schemes reads: ``http(s)://`` URLs are downloaded once into
-            torch.hub's cache and read here (see
-            :func:`route_remote_loads`), the official release's URLs are
-            also converted (see ``convmixer_mm.apis.hub``).
-        map_location (str | Callable): As in ``torch.load``.
-            Defaults to 'cpu'.
-
-    Returns:
-        dict: The checkpoint.
+    ``filename`` is a local path (``.safetensors`` too), or a ``scheme://``
+    name that one of mmengine's ``CheckpointLoader`` schemes reads:
+    ``http(s)://`` URLs are downloaded once into torch.hub's cache and read
+    here (see :func:`route_remote_loads`), the official release's URLs are
+    also converted (see ``convmixer_mm.apis.hub``).
 
     Raises:
         CheckpointError: The file is missing, corrupt or truncated, or holds
@@ -305,20 +296,10 @@ def _sample(mapping: Mapping, n: int = 6) -> str:
 
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> StateDict:
-    """Unwrap a checkpoint to a flat state dict without a ``module.``
-    prefix.
-
-    Args:
-        checkpoint (Any): A loaded checkpoint: a state dict, or a dict
-            holding one under ``state_dict``, ``model`` or
-            ``state_dict_ema``.
-        use_ema (bool): Take ``state_dict_ema`` (timm's EMA weights)
-            rather than the first of ``state_dict`` and ``model``.
-            Defaults to False.
-
-    Returns:
-        dict[str, Tensor]: The tensors, in file order.
-    """
+    """Unwrap a loaded checkpoint (a state dict, or a dict holding one
+    under ``state_dict``, ``model`` or, with ``use_ema``, timm's
+    ``state_dict_ema``) to its tensors, in file order, without a
+    ``module.`` prefix."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
             'A checkpoint must be a dict of tensors or a dict wrapping one, '
@@ -355,10 +336,11 @@ def detect_layout(state: StateDict) -> Optional[str]:
     return None
 
 
-def _depth(state: StateDict, block_key: Callable[[int], str]) -> int:
-    """The number of blocks: ``block_key(i)`` is in ``state`` for each."""
+def count_blocks(state: Mapping, key: str, first: int = 0) -> int:
+    """The number of blocks: ``key.format(first + i)`` is in ``state`` for
+    each."""
     depth = 0
-    while block_key(depth) in state:
+    while key.format(first + depth) in state:
         depth += 1
     return depth
 
@@ -393,7 +375,7 @@ def to_mm_layout(state: StateDict) -> Tuple[StateDict, str]:
             'official (0.*, 3.0.fn.*), the timm (stem.*, blocks.*) nor the '
             'mmpretrain (backbone.stem.*, backbone.stages.*) keys. Its '
             f'keys: {_sample(state)}.')
-    depth = _depth(state, lambda i: f'{i + 3}.0.fn.0.weight')
+    depth = count_blocks(state, '{}.0.fn.0.weight', first=3)
     return _rename(state, LAYOUT_PREFIXES[layout](depth), layout), layout
 
 
@@ -402,23 +384,17 @@ def from_mm_layout(state: StateDict, layout: str) -> StateDict:
     if layout not in LAYOUTS:
         raise ValueError(f'Unknown layout {layout!r}: choose one of '
                          f'{list(LAYOUTS)}.')
-    depth = _depth(state, lambda i: f'backbone.stages.{i}.0.fn.0.weight')
+    depth = count_blocks(state, 'backbone.stages.{}.0.fn.0.weight')
     pairs = [(ours, theirs)
              for theirs, ours in LAYOUT_PREFIXES[layout](depth)]
     return _rename(state, pairs, 'mmpretrain')
 
 
 def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
-    """Every key and shape of our ConvMixer classifier of ``arch``.
-
-    Read from the model itself, built on the meta device (no memory, no
-    init), so it cannot drift from the model.
-
-    Args:
-        arch (Mapping[str, int]): ``embed_dims``, ``depth``,
-            ``kernel_size``, ``patch_size``, ``in_channels`` and
-            ``num_classes``.
-    """
+    """Every key and shape of our ConvMixer classifier of ``arch``
+    (``embed_dims``, ``depth``, ``kernel_size``, ``patch_size``,
+    ``in_channels`` and ``num_classes``), read from the model itself, built
+    on the meta device (no memory, no init), so it cannot drift from it."""
     with torch.device('meta'):
         parts = dict(
             backbone=ConvMixerMM(
@@ -435,12 +411,9 @@ def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
 
 def mismatches(state: Mapping[str, torch.Tensor],
                shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, str]:
-    """What is wrong with each key of ``state`` against the model's shapes.
-
-    Returns:
-        dict[str, str]: For each bad key, ``missing from the checkpoint``,
-        ``not in the model`` or ``checkpoint (a, b) vs model (c, d)``.
-    """
+    """What is wrong with each bad key of ``state`` against the model's
+    shapes: ``missing from the checkpoint``, ``not in the model`` or
+    ``checkpoint (a, b) vs model (c, d)``."""
     problems = {}
     for key, shape in shapes.items():
         if key not in state:
@@ -454,12 +427,23 @@ def mismatches(state: Mapping[str, torch.Tensor],
     return problems
 
 
-def format_mismatches(problems: Mapping[str, str], limit: int = 10) -> str:
-    """One line per mismatched key, at most ``limit`` of them."""
+def raise_mismatches(state: Mapping[str, torch.Tensor],
+                     shapes: Mapping[str, Tuple[int, ...]],
+                     what: str,
+                     fix: str = '',
+                     limit: int = 10) -> None:
+    """Raise a :class:`CheckpointError` that says ``what`` and lists the
+    :func:`mismatches` key by key (at most ``limit``), then ``fix``; do
+    nothing if there are none."""
+    problems = mismatches(state, shapes)
+    if not problems:
+        return
     lines = [f'  {key}: {why}' for key, why in list(problems.items())[:limit]]
     if len(problems) > limit:
         lines.append(f'  ... and {len(problems) - limit} more')
-    return '\n'.join(lines)
+    raise CheckpointError('\n'.join(
+        [f'{what} ({len(problems)} mismatched keys):', *lines] +
+        [fix] * bool(fix)))
 
 
 def check_fits(model: nn.Module,
@@ -467,24 +451,14 @@ def check_fits(model: nn.Module,
                filename: str,
                strict: bool,
                tolerated_prefix: str = 'head.') -> StateDict:
-    """Raise unless the checkpoint's weights fit the model.
+    """Return the state dict of a loaded checkpoint (any ConvMixer layout
+    or the model's own keys) in the model's keys; raise a
+    :class:`CheckpointError` naming ``filename`` unless it fits the
+    (unwrapped) model.
 
-    Args:
-        model (nn.Module): The unwrapped model.
-        checkpoint (dict): A loaded checkpoint or state dict, in any
-            ConvMixer layout or in the model's own keys.
-        filename (str): Its name, for the message.
-        strict (bool): Every key and shape must match. When False (fine-
-            tuning with ``load_from``), keys under ``tolerated_prefix`` may
-            be missing, extra or of another shape.
-        tolerated_prefix (str): See ``strict``. Defaults to 'head.'.
-
-    Returns:
-        dict[str, Tensor]: The state dict in the model's keys.
-
-    Raises:
-        CheckpointError: Keys or shapes differ beyond what is tolerated, or
-            no key is shared at all.
+    ``strict``: every key and shape must match. Otherwise (fine-tuning with
+    ``load_from``) keys under ``tolerated_prefix`` may be missing, extra or
+    of another shape; some key must be shared in any case.
     """
     state = extract_state_dict(checkpoint)
     if detect_layout(state) in ('official', 'timm'):
@@ -497,16 +471,15 @@ def check_fits(model: nn.Module,
     }
     if not problems and set(shapes) & set(state):
         return state
-    kinds: Dict[str, List[str]] = {
-        'shape mismatches': [], 'missing keys': [], 'unexpected keys': []
+    kinds = {'checkpoint': 'shape mismatches', 'missing': 'missing keys',
+             'not': 'unexpected keys'}
+    found = {
+        label: [f'{k}: {why}' for k, why in problems.items()
+                if why.startswith(start)]
+        for start, label in kinds.items()
     }
-    for key, why in problems.items():
-        kind = ('shape mismatches' if why.startswith('checkpoint') else
-                'missing keys' if why.startswith('missing') else
-                'unexpected keys')
-        kinds[kind].append(f'{key}: {why}')
-    summary = '; '.join(f'{len(items)} {kind} (e.g. {items[0]})'
-                        for kind, items in kinds.items() if items)
+    summary = '; '.join(f'{len(items)} {label} (e.g. {items[0]})'
+                        for label, items in found.items() if items)
     raise CheckpointError(
         f'checkpoint {filename!r} does not fit the model of this config: '
         f'{summary or "no key in common"}. It was trained for another '
@@ -518,22 +491,13 @@ def load_weights(model: nn.Module,
                  source: Union[str, dict],
                  strict: bool = True,
                  name: Optional[str] = None) -> dict:
-    """Load a checkpoint into ``model`` after :func:`check_fits`.
+    """Load a checkpoint file (read with :func:`load_checkpoint_file`) or
+    a loaded checkpoint into the unwrapped ``model`` after
+    :func:`check_fits` (see it for ``strict``); return the checkpoint.
+    ``name`` is the checkpoint's name in messages (default: the path).
 
     The one way weights reach a model: for testing, resuming, fine-tuning,
     inference, the hub, the converter and the benchmark.
-
-    Args:
-        model (nn.Module): The unwrapped model.
-        source (str | dict): A checkpoint file (read with
-            :func:`load_checkpoint_file`) or a loaded checkpoint, in any
-            ConvMixer layout or in the model's own keys.
-        strict (bool): See :func:`check_fits`. Defaults to True.
-        name (str, optional): The checkpoint's name in messages. Defaults
-            to ``source`` when it is a path.
-
-    Returns:
-        dict: The loaded checkpoint.
     """
     checkpoint = load_checkpoint_file(source) if isinstance(source,
                                                             str) else source

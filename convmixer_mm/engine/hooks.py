@@ -94,12 +94,8 @@ class SafeCheckpointHook(CheckpointHook):
             **self.args)
         if not is_main_process():
             return
-
-        def write(tmp: str) -> None:
-            with open(tmp, 'w') as f:
-                f.write(self.last_ckpt)
-
-        atomic_save_bytes(osp.join(runner.work_dir, 'last_checkpoint'), write)
+        atomic_save_bytes(
+            osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for old in outdated:
             path = self.file_backend.join_path(self.out_dir,
                                                self.filename_tmpl.format(old))
@@ -152,9 +148,7 @@ class TestProgressBarHook(Hook):
         if is_main_process():
             self._bar = ProgressBar(len(runner.test_dataloader))
 
-    def after_test_iter(self,
-                        runner,
-                        batch_idx: int,
+    def after_test_iter(self, runner, batch_idx: int,
                         data_batch: Optional[dict] = None,
                         outputs: Optional[Sequence] = None) -> None:
         """Advance the bar by one batch."""
@@ -192,24 +186,20 @@ class ProgressLoggerHook(LoggerHook):
         """Start the clock."""
         self._last_line = time.monotonic()
 
-    def after_train_iter(self,
-                         runner,
-                         batch_idx: int,
+    def after_train_iter(self, runner, batch_idx: int,
                          data_batch: Optional[dict] = None,
                          outputs: Optional[dict] = None) -> None:
         """Log every ``interval`` iterations or ``time_interval`` s."""
-        regular = self.every_n_inner_iters(
-            batch_idx, self.interval) or self.end_of_epoch(
-                runner.train_dataloader, batch_idx)
         now = time.monotonic()
-        if regular:
+        if self.every_n_inner_iters(batch_idx, self.interval) or \
+                self.end_of_epoch(runner.train_dataloader, batch_idx):
             super().after_train_iter(runner, batch_idx, data_batch, outputs)
-            self._last_line = now
         elif now - self._last_line >= self.time_interval:
-            _, log_str = runner.log_processor.get_log_after_iter(
-                runner, batch_idx, 'train')
-            runner.logger.info(log_str)
-            self._last_line = now
+            runner.logger.info(runner.log_processor.get_log_after_iter(
+                runner, batch_idx, 'train')[1])
+        else:
+            return
+        self._last_line = now
 
 
 @HOOKS.register_module()
@@ -243,7 +233,10 @@ class CompileModelHook(Hook):
     def before_run(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        if not self._can_compile(model):
+        # Inductor generates C++ on CPU, which needs a compiler.
+        on_cpu = all(p.device.type == 'cpu' for p in model.parameters())
+        if self.kwargs.get('backend', 'inductor') == 'inductor' and on_cpu \
+                and not any(map(shutil.which, ('g++', 'c++', 'clang++'))):
             warnings.warn(
                 'CompileModelHook: no C++ compiler (g++/c++) on PATH for '
                 "torch.compile's CPU backend; training uncompiled. Install "
@@ -257,11 +250,3 @@ class CompileModelHook(Hook):
                     f'{name!r}; set modules= to some of '
                     f'{[n for n, _ in model.named_children()]}.')
             module.compile(**self.kwargs)
-
-    def _can_compile(self, model: nn.Module) -> bool:
-        """Whether inductor can generate CPU code, when it has to."""
-        backend = self.kwargs.get('backend', 'inductor')
-        on_cpu = all(p.device.type == 'cpu' for p in model.parameters())
-        if backend != 'inductor' or not on_cpu:
-            return True
-        return any(shutil.which(cxx) for cxx in ('g++', 'c++', 'clang++'))

@@ -52,31 +52,29 @@ class MixedPrecisionOptimWrapper(AmpOptimWrapper):
         self.loss_scaler = None
         self._scale_update_param = None
 
+    def _base(self):
+        """``AmpOptimWrapper``'s methods where there is a loss scaler (on an
+        accelerator), else the plain ``OptimWrapper``'s."""
+        if self.loss_scaler is None:
+            return super(AmpOptimWrapper, self)
+        return super()
+
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
         """Backward, through the loss scaler where there is one."""
-        if self.loss_scaler is None:
-            OptimWrapper.backward(self, loss, **kwargs)
-        else:
-            super().backward(loss, **kwargs)
+        self._base().backward(loss, **kwargs)
 
     def step(self, **kwargs) -> None:
         """Clip gradients and step, through the loss scaler if any."""
-        if self.loss_scaler is None:
-            OptimWrapper.step(self, **kwargs)
-        else:
-            super().step(**kwargs)
+        self._base().step(**kwargs)
 
     def state_dict(self) -> dict:
         """The optimizer state, with the loss scaler's where there is one."""
-        if self.loss_scaler is None:
-            return OptimWrapper.state_dict(self)
-        return super().state_dict()
+        return self._base().state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state saved on either kind of device."""
         if self.loss_scaler is None:
-            state_dict = dict(state_dict)
-            state_dict.pop('loss_scaler', None)
-            OptimWrapper.load_state_dict(self, state_dict)
-        else:
-            super().load_state_dict(state_dict)
+            state_dict = {
+                k: v for k, v in state_dict.items() if k != 'loss_scaler'
+            }
+        self._base().load_state_dict(state_dict)

@@ -144,20 +144,12 @@ class ConvMixerRunner(Runner):
                         out_dir: str,
                         filename: str,
                         file_client_args: Optional[dict] = None,
-                        save_optimizer: bool = True,
-                        save_param_scheduler: bool = True,
-                        meta: Optional[dict] = None,
-                        by_epoch: bool = True,
-                        backend_args: Optional[dict] = None) -> None:
-        """Save a checkpoint; atomically when ``out_dir`` is local."""
-        kwargs = dict(
-            file_client_args=file_client_args,
-            save_optimizer=save_optimizer,
-            save_param_scheduler=save_param_scheduler,
-            meta=meta,
-            by_epoch=by_epoch,
-            backend_args=backend_args)
-        backend = get_file_backend(out_dir, backend_args=backend_args)
+                        **kwargs) -> None:
+        """Save a checkpoint (mmengine's arguments); atomically when
+        ``out_dir`` is local."""
+        kwargs['file_client_args'] = file_client_args
+        backend = get_file_backend(
+            out_dir, backend_args=kwargs.get('backend_args'))
         with weights_only_pickling():
             if file_client_args is not None or not isinstance(
                     backend, LocalBackend):
@@ -196,19 +188,11 @@ class ConvMixerRunner(Runner):
                             r'^module.', ''), )) -> dict:
         """Load a checkpoint into the model, refusing one that does not fit.
 
-        Args:
-            filename (str): Local path or URL.
-            map_location (str | Callable): As in ``torch.load``.
-                Defaults to 'cpu'.
-            strict (bool): Require every key and shape to match. Only
-                fine-tuning (training from ``load_from``) may leave it off
-                and load another head; testing, validating and resuming
-                are always strict. Defaults to False.
-            revise_keys: Ignored: ``module.`` prefixes and the official
-                and timm layouts are renamed by :func:`load_weights`.
-
-        Returns:
-            dict: The checkpoint.
+        Only fine-tuning (training from ``load_from``) may leave ``strict``
+        off and load another head; testing, validating and resuming are
+        always strict. ``revise_keys`` is ignored: ``module.`` prefixes
+        and the official and timm layouts are renamed by
+        :func:`load_weights`. Returns the checkpoint.
         """
         source, self._preloaded = self._preloaded, (None, None)
         checkpoint = source[1] if source[0] == filename else \

@@ -100,11 +100,9 @@ class PiecewiseLinearLR(LRSchedulerMixin, _ParamScheduler):
         assert epoch_length is not None and epoch_length > 0, \
             f'`epoch_length` must be a positive integer, ' \
             f'but got {epoch_length}.'
-        by_epoch = False
-        begin = int(begin * epoch_length)
-        if end != INF:
-            end = int(end * epoch_length)
-        return cls(*args, begin=begin, end=end, by_epoch=by_epoch, **kwargs)
+        end = end if end == INF else int(end * epoch_length)
+        return cls(*args, begin=int(begin * epoch_length), end=end,
+                   by_epoch=False, **kwargs)
 
     def factor_at(self, progress: float) -> float:
         """The lr multiplier after a fraction ``progress`` of the steps."""

@@ -62,14 +62,13 @@ def _parameters(fn: Callable) -> Optional[Dict[str, inspect.Parameter]]:
     ] if isinstance(fn, type) else [fn]
     for init in inits:
         try:
-            signature = inspect.signature(init)
+            found = inspect.signature(init).parameters.values()
         except (TypeError, ValueError):
             return None
-        kinds = {p.kind for p in signature.parameters.values()}
-        for p in signature.parameters.values():
+        for p in found:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 params.setdefault(p.name, p)
-        if inspect.Parameter.VAR_KEYWORD not in kinds:
+        if all(p.kind != p.VAR_KEYWORD for p in found):
             return params
     return None
 
@@ -94,15 +93,11 @@ def _type_ok(value: Any, allowed: Sequence[type]) -> bool:
 def _accepted(path: str, node: Any) -> Optional[Dict[str, Any]]:
     """The arguments that the classes receiving ``node`` take; None if
     unknown."""
-    if not isinstance(node, dict):
-        return None
-    accepted = [_parameters(c) for c in _consumers(path, node)]
+    accepted = [_parameters(c) for c in _consumers(path, node)] \
+        if isinstance(node, dict) else []
     if not accepted or None in accepted:
         return None
-    params: Dict[str, inspect.Parameter] = {}
-    for found in accepted:
-        params.update(found)
-    return params
+    return {k: v for found in accepted for k, v in found.items()}
 
 
 def _node(cfg: Config, key: str) -> Any:
@@ -245,14 +240,10 @@ class _Checker:
 
 def check_config(cfg: Config, base: Config, options: Optional[dict],
                  config_file: str, fields: Sequence[str]) -> None:
-    """Check a merged config before anything is written.
-
-    Args:
-        cfg (Config): The config with the command line merged in.
-        base (Config): ``cfg`` before ``--cfg-options`` were merged.
-        options (dict, optional): The ``--cfg-options``.
-        config_file (str): The config file, for the messages.
-        fields (Sequence[str]): The dataloaders the command will use.
+    """Check ``cfg`` (the config with the command line merged in) before
+    anything is written: against ``base`` (before the ``options`` from
+    ``--cfg-options`` were merged), the classes receiving each node, the
+    data of the dataloaders in ``fields`` and the model.
 
     Raises:
         ConfigError: A key is misspelt or a value has the wrong type.

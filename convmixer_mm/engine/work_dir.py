@@ -53,12 +53,10 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
         WorkDirBusyError: Another run holds it; the message names its
             process id and host.
     """
-    ranks = [
-        os.environ[key] for key in ('RANK', 'SLURM_PROCID',
-                                    'OMPI_COMM_WORLD_RANK', 'PMI_RANK')
-        if key in os.environ
-    ]
-    if ranks and ranks[0] != '0':
+    rank = next((os.environ[key]
+                 for key in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK',
+                             'PMI_RANK') if key in os.environ), '0')
+    if rank != '0':
         yield
         return
     lock = osp.join(work_dir, '.lock')

@@ -16,6 +16,7 @@ Examples::
 """
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -23,7 +24,7 @@ import sys
 from typing import List, Optional
 
 from convmixer_mm.devtools.benchmark import (BenchmarkSettings,
-                                             format_table, run_benchmark,
+                                             format_markdown, run_benchmark,
                                              settings_from_config)
 from convmixer_mm.devtools.benchmark_report import update_readme
 from convmixer_mm.models import ConvMixerMM
@@ -34,61 +35,42 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Time ConvMixer inference and training steps against '
         "mmpretrain's and timm's, interleaved, with identical weights.")
-    parser.add_argument(
-        'model',
-        nargs='?',
-        help='a convmixer_mm config file or an arch name '
+    add = parser.add_argument
+    add('model', nargs='?', help='a convmixer_mm config file or an arch name '
         f'({", ".join(ConvMixerMM.arch_settings)})')
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
-    parser.add_argument(
-        '--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+    add('--batch-size', type=int, default=8)
+    add('--img-size', type=int, default=224)
+    add('--device', choices=['cpu', 'cuda'], default='cpu')
+    add('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32',
         help='autocast dtype of every candidate that names none')
-    parser.add_argument(
-        '--channels-last', choices=['on', 'off'], default='on',
+    add('--channels-last', choices=['on', 'off'], default='on',
         help='channels_last model and data for our main candidate')
-    parser.add_argument(
-        '--compile', choices=['on', 'off'], default='off',
+    add('--compile', choices=['on', 'off'], default='off',
         help='torch.compile our main candidate')
-    parser.add_argument(
-        '--fuse', choices=['on', 'off'], default='off',
-        help='fuse_convmixer our main candidate (inference only; without it the model still runs fused in eval mode, see fuse_eval)')
-    parser.add_argument(
-        '--with-cp', action='store_true',
+    add('--fuse', choices=['on', 'off'], default='off',
+        help='fuse_convmixer our main candidate (inference only; without it '
+        'the model still runs fused in eval mode, see fuse_eval)')
+    add('--with-cp', action='store_true',
         help='gradient checkpointing in our main candidate')
-    parser.add_argument(
-        '--baselines',
-        nargs='*',
+    add('--baselines', nargs='*',
         default=['mmpretrain', 'timm', 'mmpretrain+cl', 'timm+cl'],
         help='candidates to compare with (timm ones are dropped when timm '
         'is not installed)')
-    parser.add_argument(
-        '--candidates',
-        nargs='+',
+    add('--candidates', nargs='+',
         help='the full candidate list instead of the main candidate and '
         'baselines, e.g. ours+cl+fuse ours+cl+fuse+bf16 mmpretrain')
-    parser.add_argument(
-        '--mode',
-        choices=['inference', 'train', 'both'],
-        default='inference')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--rounds', type=int, default=10)
-    parser.add_argument('--threads', type=int, help='torch threads')
-    parser.add_argument(
-        '--no-memory', action='store_true', help='skip peak memory')
-    parser.add_argument(
-        '--profile',
-        action='store_true',
+    add('--mode', choices=['inference', 'train', 'both'], default='inference')
+    add('--warmup', type=int, default=2)
+    add('--rounds', type=int, default=10)
+    add('--threads', type=int, help='torch threads')
+    add('--no-memory', action='store_true', help='skip peak memory')
+    add('--profile', action='store_true',
         help='also profile the first candidate (torch.profiler)')
-    parser.add_argument('--out', help='write the JSON report here')
-    parser.add_argument(
-        '--readme',
-        metavar='README',
-        help='instead of benchmarking, rewrite the "## Performance" '
-        'section of README from the JSON reports given as the positional '
-        'arguments')
-    parser.add_argument('reports', nargs='*', help='JSON reports (--readme)')
+    add('--out', help='write the JSON report here')
+    add('--readme', metavar='README',
+        help='instead of benchmarking, rewrite the "## Performance" section '
+        'of README from the JSON reports given as the positional arguments')
+    add('reports', nargs='*', help='JSON reports (--readme)')
     return parser.parse_args(argv)
 
 
@@ -100,29 +82,18 @@ def main_candidates(args: argparse.Namespace) -> List[str]:
                               ('compile', args.compile == 'on'),
                               ('cp', args.with_cp)) if on
     ]
+    fused = '+'.join(['ours'] + flags)
     unfused = '+'.join(['ours'] + [f for f in flags if f != 'fuse'])
-    if 'fuse' not in flags or args.mode == 'inference':
-        return ['+'.join(['ours'] + flags)]
     # Fused models are inference-only.
-    if args.mode == 'train':
-        return [unfused]
-    return ['+'.join(['ours'] + flags), unfused]
-
-
-def have_timm() -> bool:
-    try:
-        import timm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return {'inference': [fused], 'train': [unfused]}.get(
+        args.mode, list(dict.fromkeys([fused, unfused])))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     if args.readme:
-        changed = update_readme(
-            args.readme,
-            [args.model] + args.reports if args.model else args.reports)
+        changed = update_readme(args.readme,
+                                [args.model] * bool(args.model) + args.reports)
         print(f'Updated the Performance section of {args.readme}.' if changed
               else f'The Performance section of {args.readme} is already '
               'up to date.')
@@ -130,37 +101,29 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.model is None:
         sys.exit('Give a config file or an arch name.')
     candidates = args.candidates or main_candidates(args) + args.baselines
-    if not have_timm():
+    if importlib.util.find_spec('timm') is None:
         candidates = [c for c in candidates if not c.startswith('timm')]
-    fields = dict(
-        batch_size=args.batch_size,
-        img_size=args.img_size,
-        device=args.device,
-        dtype=args.dtype,
+    fields = {
+        k: getattr(args, k)
+        for k in ('batch_size', 'img_size', 'device', 'dtype', 'warmup',
+                  'rounds', 'profile', 'threads')
+    }
+    fields.update(
         candidates=candidates,
         modes=['inference', 'train'] if args.mode == 'both' else [args.mode],
-        warmup=args.warmup,
-        rounds=args.rounds,
-        memory=not args.no_memory,
-        profile=args.profile,
-        threads=args.threads)
-    if args.model.endswith('.py'):
-        if not osp.isfile(args.model):
-            sys.exit(f'Config {args.model} does not exist.')
-        settings = settings_from_config(args.model, **fields)
-    else:
+        memory=not args.no_memory)
+    if not args.model.endswith('.py'):
         settings = BenchmarkSettings(
             arch=ConvMixerMM.parse_arch(args.model), **fields)
+    elif osp.isfile(args.model):
+        settings = settings_from_config(args.model, **fields)
+    else:
+        sys.exit(f'Config {args.model} does not exist.')
     report = run_benchmark(settings, functools.partial(print, flush=True))
-    print(format_table(report))
+    print(f'{report["machine"]}\n\n{format_markdown(report)}')
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-
-        def write(tmp: str) -> None:
-            with open(tmp, 'w') as f:
-                json.dump(report, f, indent=1)
-
-        atomic_save_bytes(args.out, write)
+        atomic_save_bytes(args.out, json.dumps(report, indent=1))
         print(f'Wrote {args.out}')
 
 

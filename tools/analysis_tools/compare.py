@@ -20,24 +20,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Train several configs with the same budget and '
         'tabulate params, FLOPs, accuracy, speed and wall time.')
-    parser.add_argument('configs', nargs='+', help='config files')
-    parser.add_argument(
-        '--epochs', type=int, required=True, help='epochs per model')
-    parser.add_argument(
-        '--train-size',
-        type=int,
+    add = parser.add_argument
+    add('configs', nargs='+', help='config files')
+    add('--epochs', type=int, required=True, help='epochs per model')
+    add('--train-size', type=int,
         help='train on the first N training images (default: all)')
-    parser.add_argument(
-        '--val-size',
-        type=int,
+    add('--val-size', type=int,
         help='validate on the first N validation images (default: all)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed')
-    parser.add_argument(
-        '--work-dir',
-        default='work_dirs/compare',
+    add('--seed', type=int, default=0, help='random seed')
+    add('--work-dir', default='work_dirs/compare',
         help='parent of the per-config work dirs')
-    parser.add_argument(
-        '--out-dir',
+    add('--out-dir',
         help='where comparison.{md,png,json} go (default: --work-dir)')
     return parser.parse_args(argv)
 

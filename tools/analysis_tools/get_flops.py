@@ -20,11 +20,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Count the parameters and FLOPs of a model.')
     parser.add_argument('config', help='config file')
     parser.add_argument(
-        '--shape',
-        type=int,
-        nargs='+',
-        default=[224, 224],
-        help='input H W (or C H W; C defaults to the backbone\'s '
+        '--shape', type=int, nargs='+', default=[224, 224],
+        help="input H W (or C H W; C defaults to the backbone's "
         'in_channels). Defaults to 224 224.')
     return parser.parse_args(argv)
 

@@ -19,19 +19,14 @@ from convmixer_mm.cli import run
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Plot the curves of mmengine's vis_data/scalars.json.")
-    parser.add_argument(
-        'work_dir', help='work dir, run dir or scalars.json of a run')
-    parser.add_argument(
-        '--keys',
-        nargs='+',
-        default=list(DEFAULT_KEYS),
+    add = parser.add_argument
+    add('work_dir', help='work dir, run dir or scalars.json of a run')
+    add('--keys', nargs='+', default=list(DEFAULT_KEYS),
         help='logged scalars, one panel each. Defaults to '
         f'{" ".join(DEFAULT_KEYS)}.')
-    parser.add_argument(
-        '--out',
-        default='curves.png',
+    add('--out', default='curves.png',
         help='output image (.png, .pdf, ...). Defaults to curves.png.')
-    parser.add_argument('--title', help='figure title')
+    add('--title', help='figure title')
     return parser.parse_args(argv)
 
 

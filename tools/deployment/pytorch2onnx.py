@@ -21,33 +21,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Export a classifier to ONNX and check it against '
         'PyTorch with onnxruntime.')
-    parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file (.pth)')
-    parser.add_argument('out', help='output .onnx file')
-    parser.add_argument(
-        '--shape',
-        type=int,
-        nargs='+',
-        default=[224, 224],
-        help='input H W (or C H W; C defaults to the model\'s input '
+    add = parser.add_argument
+    add('config', help='config file')
+    add('checkpoint', help='checkpoint file (.pth)')
+    add('out', help='output .onnx file')
+    add('--shape', type=int, nargs='+', default=[224, 224],
+        help="input H W (or C H W; C defaults to the model's input "
         'channels). Defaults to 224 224.')
-    parser.add_argument(
-        '--opset',
-        type=int,
-        default=DEFAULT_OPSET,
+    add('--opset', type=int, default=DEFAULT_OPSET,
         help=f'ONNX opset in [{MIN_OPSET}, {MAX_OPSET}]. Defaults to '
         f'{DEFAULT_OPSET}.')
-    parser.add_argument(
-        '--dynamic-batch',
-        action='store_true',
+    add('--dynamic-batch', action='store_true',
         help='make the batch dimension dynamic (checked at two sizes)')
-    parser.add_argument(
-        '--atol',
-        type=float,
-        default=1e-4,
+    add('--atol', type=float, default=1e-4,
         help='largest allowed max abs difference of the logits')
-    parser.add_argument(
-        '--force', action='store_true', help='overwrite OUT if it exists')
+    add('--force', action='store_true', help='overwrite OUT if it exists')
     return parser.parse_args(argv)
 
 
@@ -56,16 +44,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Fail on a bad opset or output before loading anything.
     check_export_args(args.out, args.opset, args.force)
     model = build_classifier(args.config, args.checkpoint)
-    diffs = export_onnx(
-        model,
-        args.out,
-        args.shape,
-        opset=args.opset,
-        dynamic_batch=args.dynamic_batch,
-        atol=args.atol,
-        force=args.force)
-    opset, _ = opset_of(args.out)
-    print(f'Exported {args.out} (opset {opset}).')
+    diffs = export_onnx(model, args.out, args.shape, args.opset,
+                        args.dynamic_batch, args.atol, args.force)
+    print(f'Exported {args.out} (opset {opset_of(args.out)[0]}).')
     for batch, diff in diffs.items():
         print(f'batch {batch}: max abs diff vs PyTorch {diff:.3g}')
 

@@ -19,44 +19,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         description='Convert a ConvMixer checkpoint (official nn.Sequential, '
         'timm or mmpretrain layout; detected from the keys) for '
         'convmixer_mm, or back to timm/official with --to.')
-    parser.add_argument('src', help='the checkpoint to convert')
-    parser.add_argument('dst', help='where to write the result')
-    parser.add_argument(
-        '--arch',
-        help='fail unless the checkpoint is this arch: 768/32, 1024/20, '
-        '1536/20 or DIM/DEPTH/KERNEL/PATCH')
-    parser.add_argument(
-        '--act',
-        choices=['relu', 'gelu'],
+    add = parser.add_argument
+    add('src', help='the checkpoint to convert')
+    add('dst', help='where to write the result')
+    add('--arch', help='fail unless the checkpoint is this arch: 768/32, '
+        '1024/20, 1536/20 or DIM/DEPTH/KERNEL/PATCH')
+    add('--act', choices=['relu', 'gelu'],
         help='the activation the weights were trained with (default: relu '
         'for 768/32, gelu otherwise, as the official release)')
-    parser.add_argument(
-        '--config', help='fail unless the checkpoint fits this config')
-    parser.add_argument(
-        '--to',
-        choices=['mmpretrain', 'timm', 'official'],
+    add('--config', help='fail unless the checkpoint fits this config')
+    add('--to', choices=['mmpretrain', 'timm', 'official'],
         default='mmpretrain',
         help='the layout to write (default: mmpretrain, ours)')
-    parser.add_argument(
-        '--ema',
-        action='store_true',
+    add('--ema', action='store_true',
         help='convert state_dict_ema rather than state_dict')
-    parser.add_argument(
-        '--force', action='store_true', help='overwrite DST if it exists')
+    add('--force', action='store_true', help='overwrite DST if it exists')
     return parser.parse_args(argv)
 
 
 def convert(argv=None) -> None:
     args = parse_args(argv)
-    meta = convert_checkpoint(
-        args.src,
-        args.dst,
-        arch=args.arch,
-        act=args.act,
-        config=args.config,
-        to=args.to,
-        use_ema=args.ema,
-        force=args.force)
+    meta = convert_checkpoint(args.src, args.dst, args.arch, args.act,
+                              args.config, args.to, args.ema, args.force)
     print(describe_conversion(meta))
     print(f'Wrote {args.dst} ({args.to} layout).')
 
