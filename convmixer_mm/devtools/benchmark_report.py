@@ -205,6 +205,13 @@ Candidates: `ours` is `ConvMixerMM`, `mmpretrain` its built-in `ConvMixer`,
   `~/.cache/convmixer_mm/kernels`); on by default, `backbone.fast_dwconv=False`
   turns it off; gradients within 1e-4 relative of `F.conv2d`
   (`tests/test_dwconv.py`).
+- Training activation + BatchNorm: `ConvMixerMM(fuse_train=True)`, on by
+  default, runs every activation (GELU or ReLU), training-mode BN and residual
+  sum as one C op (`convmixer_mm.models.ops.act_bn`) of two memory passes
+  forward and two backward, where aten runs four ops; outputs, gradients and
+  running statistics within 1e-5 relative of the modules
+  (`tests/test_act_bn.py`); `backbone.fuse_train=False` turns it off. The C
+  kernels run on torch's own OpenMP threads.
 - Memory: `backbone.with_cp=True` checkpoints every block (identical outputs,
   gradients and BN statistics).
 
