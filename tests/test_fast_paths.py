@@ -285,16 +285,21 @@ def test_compile_hook_without_a_compiler_trains_eager(monkeypatch):
 
 
 @pytest.mark.parametrize('act', ['relu', 'gelu'])
-@pytest.mark.parametrize('kernel', [3, 4, 9])
+@pytest.mark.parametrize('kernel,size', [(3, (9, 11)), (4, (9, 11)),
+                                         (9, (9, 11)), (7, (32, 32)),
+                                         (5, (3, 7)), (11, (17, 8)),
+                                         (7, (1, 1))])
 @pytest.mark.parametrize('affine', [False, True])
-def test_dwconv_block_kernel_matches_torch(act, kernel, affine):
+def test_dwconv_block_kernel_matches_torch(act, kernel, size, affine):
     """The C inference block against F.conv2d: the pending BN applied on
-    the way in, zero 'same' padding, activation, scale and residual."""
+    the way in, zero 'same' padding, activation, scale and residual.
+    Specialised (3, 5, 7, 9) and generic kernels, even and odd; rows of
+    whole eight-pixel runs, with a remainder, and narrower than one."""
     if not kernel_available():
         pytest.skip('no C compiler: the kernel is not built')
     torch.manual_seed(kernel)
     channels = 37  # not a multiple of the vector width
-    x = torch.randn(2, channels, 9, 11).contiguous(
+    x = torch.randn(2, channels, *size).contiguous(
         memory_format=torch.channels_last)
     weight = torch.randn(channels, 1, kernel, kernel) / kernel
     bias, out_scale = torch.randn(channels), torch.randn(channels)
