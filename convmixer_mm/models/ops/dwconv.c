@@ -70,9 +70,10 @@ typedef struct {
   /* Inference blocks only (NULL / 0 otherwise): the input is first mapped
    * to in * in_scale + in_shift per channel (the previous block's BN, with
    * the padding still zero), and the output becomes
-   * x + out_scale * act(conv(x) + bias), act 1 = ReLU, 2 = exact GELU. */
+   * x + out_scale * act(conv(x) + bias), act 1 = ReLU, 2 = exact GELU.
+   * With bf16 set, in and out hold bfloat16 (the rest stays DW_T). */
   const void *in_scale, *in_shift, *out_scale;
-  int act;
+  int act, bf16;
 } dw_args;
 
 #define DW_T float
@@ -140,28 +141,62 @@ DW_INLINE V DW_NAME(gelu)(V x) {
   return half + half * (z * p / q);
 }
 
-/* One pixel's channels [c0, c0 + n) at p: a full block is one vector
- * access, not a call to libc's memcpy. */
-DW_INLINE V DW_NAME(block_load)(const DW_T *p, long n) {
+/* bfloat16 is the top half of a float: widening is exact, and narrowing
+ * rounds to nearest even (NaN stays NaN), as torch does. */
+typedef unsigned short DW_NAME(bf16vec)
+    __attribute__((vector_size(VLEN * 2)));
+typedef unsigned DW_NAME(u32vec) __attribute__((vector_size(VLEN * 4)));
+typedef float DW_NAME(f32vec) __attribute__((vector_size(VLEN * 4)));
+
+DW_INLINE V DW_NAME(from_bf16)(DW_NAME(bf16vec) h) {
+  const DW_NAME(u32vec) u = __builtin_convertvector(h, DW_NAME(u32vec)) << 16;
+  return __builtin_convertvector((DW_NAME(f32vec))u, V);
+}
+
+DW_INLINE DW_NAME(bf16vec) DW_NAME(to_bf16)(V v) {
+  const DW_NAME(f32vec) f = __builtin_convertvector(v, DW_NAME(f32vec));
+  DW_NAME(u32vec) u = (DW_NAME(u32vec))f;
+  u = (u + 0x7fff + ((u >> 16) & 1)) >> 16;
+  u = (u & (DW_NAME(u32vec))(f == f)) | (0x7fc0 & ~(DW_NAME(u32vec))(f == f));
+  return __builtin_convertvector(u, DW_NAME(bf16vec));
+}
+
+/* Channels [0, n) of the pixel at element i of p, DW_T or bfloat16: a full
+ * block is one vector access, not a call to libc's memcpy. */
+DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n,
+                                const int bf16) {
+  if (bf16) {
+    DW_NAME(bf16vec) h = {0};
+    memcpy(&h, (const unsigned short *)p + i,
+           (n == VLEN ? VLEN : n) * sizeof(short));
+    return DW_NAME(from_bf16)(h);
+  }
   V v = {0};
   if (n == VLEN)
-    memcpy(&v, p, sizeof(V));
+    memcpy(&v, (const DW_T *)p + i, sizeof(V));
   else
-    memcpy(&v, p, n * sizeof(DW_T));
+    memcpy(&v, (const DW_T *)p + i, n * sizeof(DW_T));
   return v;
 }
 
-DW_INLINE void DW_NAME(block_store)(DW_T *p, V v, long n) {
-  if (n == VLEN)
-    memcpy(p, &v, sizeof(V));
-  else
-    memcpy(p, &v, n * sizeof(DW_T));
+DW_INLINE void DW_NAME(block_store)(void *p, long i, V v, long n,
+                                    const int bf16) {
+  if (bf16) {
+    const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
+    memcpy((unsigned short *)p + i, &h,
+           (n == VLEN ? VLEN : n) * sizeof(short));
+  } else if (n == VLEN) {
+    memcpy((DW_T *)p + i, &v, sizeof(V));
+  } else {
+    memcpy((DW_T *)p + i, &v, n * sizeof(DW_T));
+  }
 }
 
 /* Fills xp, a (H + K - 1, wp) grid of vectors, with channels [c0, c0 + n)
- * of one (H, W, C) image mapped by in * s + t, inside a zero border. */
-static void DW_NAME(block_pack)(V *xp, const DW_T *img, const dw_args *a,
-                                long c0, long n, long wp, V s, V t) {
+ * of image b mapped by in * s + t, inside a zero border. */
+DW_INLINE void DW_NAME(block_pack)(V *xp, const dw_args *a, long b,
+                                   long c0, long n, long wp, V s, V t,
+                                   const int bf16) {
   const long H = a->H, W = a->W, C = a->C, hp = H + a->K - 1;
   const long left = a->pad_left, right = wp - W - left;
   memset(xp, 0, a->pad_top * wp * sizeof(V));
@@ -172,22 +207,23 @@ static void DW_NAME(block_pack)(V *xp, const DW_T *img, const dw_args *a,
     memset(row, 0, left * sizeof(V));
     memset(row + left + W, 0, right * sizeof(V));
     for (long w = 0; w < W; ++w)
-      row[left + w] =
-          DW_NAME(block_load)(img + (h * W + w) * C + c0, n) * s + t;
+      row[left + w] = DW_NAME(block_load)(
+          a->in, ((b * H + h) * W + w) * C + c0, n, bf16) * s + t;
   }
 }
 
 /* Output pixels [ow, ow + NO) of row oh of the block: y = x + os * act(bias
- * + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj]). A kernel row's
- * weights stay in registers, and each input vector is loaded once per
- * kernel row for the up to K accumulators it feeds. */
+ * + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj]), stored at element o
+ * of out onwards. A kernel row's weights stay in registers, and each
+ * input vector is loaded once per kernel row for the up to K accumulators
+ * it feeds. */
 DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
-                                     DW_T *out, const dw_args *a, long oh,
+                                     long o, const dw_args *a, long oh,
                                      long ow, long n, long wp, const int K,
-                                     const int NO) {
+                                     const int NO, const int bf16) {
   V acc[NO], wr[K];
 #pragma GCC unroll 16
-  for (int o = 0; o < NO; ++o) acc[o] = bias;
+  for (int i = 0; i < NO; ++i) acc[i] = bias;
   for (int ki = 0; ki < K; ++ki) {
     const V *r = xp + (oh + ki) * wp + ow;
 #pragma GCC unroll 16
@@ -196,42 +232,42 @@ DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
     for (int j = 0; j < NO + K - 1; ++j) {
       const V x = r[j];
 #pragma GCC unroll 16
-      for (int o = 0; o < NO; ++o)
-        if (j - o >= 0 && j - o < K) acc[o] += wr[j - o] * x;
+      for (int i = 0; i < NO; ++i)
+        if (j - i >= 0 && j - i < K) acc[i] += wr[j - i] * x;
     }
   }
   const V *x = xp + (oh + a->pad_top) * wp + ow + a->pad_left;
-  DW_T *dst = out + (oh * a->W + ow) * a->C;
-  for (int o = 0; o < NO; ++o) {
-    const V h = a->act == 2 ? DW_NAME(gelu)(acc[o])
-                            : DW_NAME(select)(acc[o] > 0, acc[o], (V){0});
-    DW_NAME(block_store)(dst + o * a->C, x[o] + os * h, n);
+  for (int i = 0; i < NO; ++i) {
+    const V h = a->act == 2 ? DW_NAME(gelu)(acc[i])
+                            : DW_NAME(select)(acc[i] > 0, acc[i], (V){0});
+    DW_NAME(block_store)(a->out, o + i * a->C, x[i] + os * h, n, bf16);
   }
 }
 
 /* The whole block over one image's channel block, eight outputs at a
- * time, then one at a time. */
+ * time, then one at a time; o is its first output element. */
 DW_INLINE void DW_NAME(block_rows)(const V *xp, const V *wk, V bias, V os,
-                                   DW_T *out, const dw_args *a, long n,
-                                   long wp, const int K) {
+                                   long o, const dw_args *a, long n,
+                                   long wp, const int K, const int bf16) {
   for (long oh = 0; oh < a->H; ++oh) {
     long ow = 0;
     for (; ow + 8 <= a->W; ow += 8)
-      DW_NAME(block_pixels)(xp, wk, bias, os, out, a, oh, ow, n, wp, K, 8);
+      DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
+                            a, oh, ow, n, wp, K, 8, bf16);
     for (; ow < a->W; ++ow)
-      DW_NAME(block_pixels)(xp, wk, bias, os, out, a, oh, ow, n, wp, K, 1);
+      DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
+                            a, oh, ow, n, wp, K, 1, bf16);
   }
 }
 
 /* One image, one channel block of the inference block. */
-static void DW_NAME(block_item)(const void *p, long item) {
+DW_INLINE void DW_NAME(block_task)(const void *p, long item, const int bf16) {
   const dw_args *a = p;
   const long nblk = (a->C + VLEN - 1) / VLEN;
   const long b = item / nblk, c0 = item % nblk * VLEN;
   const long n = a->C - c0 < VLEN ? a->C - c0 : VLEN;
   const int K = a->K;
   const long hp = a->H + K - 1, wp = a->W + K - 1;
-  const long plane = a->H * a->W * a->C;
   const DW_T *w = a->w;
   V *xp = aligned_alloc(64, hp * wp * sizeof(V));
   V wk[K * K], bias = {0}, os = {0}, s = {0}, t = {0};
@@ -244,17 +280,24 @@ static void DW_NAME(block_item)(const void *p, long item) {
     s[l] = a->in_scale ? ((const DW_T *)a->in_scale)[c0 + l] : 1;
     if (a->in_shift) t[l] = ((const DW_T *)a->in_shift)[c0 + l];
   }
-  DW_NAME(block_pack)(xp, (const DW_T *)a->in + b * plane, a, c0, n, wp, s,
-                      t);
-  DW_T *out = (DW_T *)a->out + b * plane + c0;
+  DW_NAME(block_pack)(xp, a, b, c0, n, wp, s, t, bf16);
+  const long o = b * a->H * a->W * a->C + c0;
   switch (K) {
-    case 3: DW_NAME(block_rows)(xp, wk, bias, os, out, a, n, wp, 3); break;
-    case 5: DW_NAME(block_rows)(xp, wk, bias, os, out, a, n, wp, 5); break;
-    case 7: DW_NAME(block_rows)(xp, wk, bias, os, out, a, n, wp, 7); break;
-    case 9: DW_NAME(block_rows)(xp, wk, bias, os, out, a, n, wp, 9); break;
-    default: DW_NAME(block_rows)(xp, wk, bias, os, out, a, n, wp, K);
+    case 3: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 3, bf16); break;
+    case 5: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 5, bf16); break;
+    case 7: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 7, bf16); break;
+    case 9: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 9, bf16); break;
+    default: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, K, bf16);
   }
   free(xp);
+}
+
+static void DW_NAME(block_item)(const void *p, long item) {
+  DW_NAME(block_task)(p, item, 0);
+}
+
+static void DW_NAME(block_item_bf16)(const void *p, long item) {
+  DW_NAME(block_task)(p, item, 1);
 }
 
 /* out[oh, ow] = bias + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj];
@@ -393,18 +436,20 @@ void DW_NAME(dwconv_forward)(const DW_T *in, const DW_T *w, const DW_T *bias,
 
 /* One eval-mode ConvMixer residual branch and its sum, with the previous
  * BN applied on the way in: x = in * in_scale + in_shift (in_scale NULL:
- * x = in), out = x + out_scale * act(conv(x, w) + bias). */
-void DW_NAME(dwconv_block)(const DW_T *in, const DW_T *in_scale,
+ * x = in), out = x + out_scale * act(conv(x, w) + bias). in and out are
+ * DW_T, or bfloat16 if bf16 (computed in DW_T). */
+void DW_NAME(dwconv_block)(const void *in, const DW_T *in_scale,
                            const DW_T *in_shift, const DW_T *w,
                            const DW_T *bias, const DW_T *out_scale, int act,
-                           DW_T *out, long B, long H, long W, long C, int K,
-                           int pad_top, int pad_left, int nthreads) {
+                           void *out, long B, long H, long W, long C, int K,
+                           int pad_top, int pad_left, int bf16,
+                           int nthreads) {
   const dw_args a = {in,       w,         bias,      NULL, out,
                      B,        H,         W,         C,    K,
                      pad_top,  pad_left,  in_scale,  in_shift,
-                     out_scale, act};
-  dw_parallel_for(DW_NAME(block_item), &a, B * ((C + VLEN - 1) / VLEN),
-                  nthreads);
+                     out_scale, act,      bf16};
+  dw_parallel_for(bf16 ? DW_NAME(block_item_bf16) : DW_NAME(block_item), &a,
+                  B * ((C + VLEN - 1) / VLEN), nthreads);
 }
 
 /* gw[c, ki, kj] = sum_{b, oh, ow} go[b, oh, ow, c]
