@@ -285,22 +285,14 @@ def test_compile_hook_without_a_compiler_trains_eager(monkeypatch):
     assert model.backbone._compiled_call_impl is None
 
 
-@pytest.mark.parametrize('act', ['relu', 'gelu'])
-@pytest.mark.parametrize('kernel,size', [(3, (9, 11)), (4, (9, 11)),
-                                         (9, (9, 11)), (7, (32, 32)),
-                                         (5, (3, 7)), (11, (17, 8)),
-                                         (7, (1, 1))])
-@pytest.mark.parametrize('affine', [False, True])
-def test_dwconv_block_kernel_matches_torch(act, kernel, size, affine):
+def check_block_kernel(act: str, kernel: int, size: tuple, affine: bool,
+                       channels: int = 37, batch: int = 2) -> None:
     """The C inference block against F.conv2d: the pending BN applied on
-    the way in, zero 'same' padding, activation, scale and residual.
-    Specialised (3, 5, 7, 9) and generic kernels, even and odd; rows of
-    whole eight-pixel runs, with a remainder, and narrower than one."""
+    the way in, zero 'same' padding, activation, scale and residual."""
     if not kernel_available():
         pytest.skip('no C compiler: the kernel is not built')
     torch.manual_seed(kernel)
-    channels = 37  # not a multiple of the vector width
-    x = torch.randn(2, channels, *size).contiguous(
+    x = torch.randn(batch, channels, *size).contiguous(
         memory_format=torch.channels_last)
     weight = torch.randn(channels, 1, kernel, kernel) / kernel
     bias, out_scale = torch.randn(channels), torch.randn(channels)
@@ -318,6 +310,31 @@ def test_dwconv_block_kernel_matches_torch(act, kernel, size, affine):
     out = dwconv_block(x, scale, shift, weight, bias, out_scale, act)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(out, ref) < FP32_TOL
+
+
+@pytest.mark.parametrize('act', ['relu', 'gelu'])
+@pytest.mark.parametrize('kernel,size', [(3, (9, 11)), (4, (9, 11)),
+                                         (9, (9, 11)), (7, (32, 32)),
+                                         (5, (3, 7)), (11, (17, 8)),
+                                         (7, (1, 1))])
+@pytest.mark.parametrize('affine', [False, True])
+def test_dwconv_block_kernel_matches_torch(act, kernel, size, affine):
+    """Specialised (3, 5, 7, 9) and generic kernels, even and odd; rows of
+    whole eight-pixel runs, with a remainder, and narrower than one; 37
+    channels, not a multiple of the vector width."""
+    check_block_kernel(act, kernel, size, affine)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_dwconv_block_kernel_groups_of_channel_blocks(threads):
+    """With few threads a task runs several channel blocks in turn (83
+    channels: a full group of four and a last, short one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_block_kernel('gelu', 7, (10, 9), True, channels=83)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize('act', ['relu', 'gelu'])

@@ -74,6 +74,7 @@ typedef struct {
    * With bf16 set, in and out hold bfloat16 (the rest stays DW_T). */
   const void *in_scale, *in_shift, *out_scale;
   int act, bf16;
+  long group; /* channel blocks per task */
 } dw_args;
 
 #define DW_T float
@@ -245,10 +246,15 @@ DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
 }
 
 /* The whole block over one image's channel block, eight outputs at a
- * time, then one at a time; o is its first output element. */
+ * time, then one at a time; o is its first output element. With prefetch
+ * set, each row also asks for the same row of the next channel block's
+ * input, so that packing that block reads from L2 rather than waiting on
+ * one lone cache line per pixel. */
 DW_INLINE void DW_NAME(block_rows)(const V *xp, const V *wk, V bias, V os,
                                    long o, const dw_args *a, long n,
-                                   long wp, const int K, const int bf16) {
+                                   long wp, const int K, int prefetch,
+                                   const int bf16) {
+  const long size = bf16 ? 2 : sizeof(DW_T);
   for (long oh = 0; oh < a->H; ++oh) {
     long ow = 0;
     for (; ow + 8 <= a->W; ow += 8)
@@ -257,37 +263,47 @@ DW_INLINE void DW_NAME(block_rows)(const V *xp, const V *wk, V bias, V os,
     for (; ow < a->W; ++ow)
       DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
                             a, oh, ow, n, wp, K, 1, bf16);
+    for (long w = 0; prefetch && w < a->W; ++w)
+      __builtin_prefetch((const char *)a->in +
+                             (o + VLEN + (oh * a->W + w) * a->C) * size,
+                         0, 2);
   }
 }
 
-/* One image, one channel block of the inference block. */
+/* One image, a->group channel blocks (fewer at the end) of the inference
+ * block, one after the other. */
 DW_INLINE void DW_NAME(block_task)(const void *p, long item, const int bf16) {
   const dw_args *a = p;
   const long nblk = (a->C + VLEN - 1) / VLEN;
-  const long b = item / nblk, c0 = item % nblk * VLEN;
-  const long n = a->C - c0 < VLEN ? a->C - c0 : VLEN;
+  const long ngroup = (nblk + a->group - 1) / a->group;
+  const long b = item / ngroup, blk0 = item % ngroup * a->group;
+  const long nb = nblk - blk0 < a->group ? nblk - blk0 : a->group;
   const int K = a->K;
   const long hp = a->H + K - 1, wp = a->W + K - 1;
-  const DW_T *w = a->w;
   V *xp = aligned_alloc(64, hp * wp * sizeof(V));
-  V wk[K * K], bias = {0}, os = {0}, s = {0}, t = {0};
   if (!xp) abort();
-  memset(wk, 0, sizeof(wk));
-  for (long l = 0; l < n; ++l) {
-    for (int k = 0; k < K * K; ++k) wk[k][l] = w[(c0 + l) * K * K + k];
-    bias[l] = ((const DW_T *)a->bias)[c0 + l];
-    os[l] = ((const DW_T *)a->out_scale)[c0 + l];
-    s[l] = a->in_scale ? ((const DW_T *)a->in_scale)[c0 + l] : 1;
-    if (a->in_shift) t[l] = ((const DW_T *)a->in_shift)[c0 + l];
-  }
-  DW_NAME(block_pack)(xp, a, b, c0, n, wp, s, t, bf16);
-  const long o = b * a->H * a->W * a->C + c0;
-  switch (K) {
-    case 3: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 3, bf16); break;
-    case 5: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 5, bf16); break;
-    case 7: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 7, bf16); break;
-    case 9: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 9, bf16); break;
-    default: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, K, bf16);
+  for (long blk = blk0; blk < blk0 + nb; ++blk) {
+    const long c0 = blk * VLEN;
+    const long n = a->C - c0 < VLEN ? a->C - c0 : VLEN;
+    V wk[K * K], bias = {0}, os = {0}, s = {0}, t = {0};
+    for (int k = 0; k < K * K; ++k)
+      wk[k] = DW_NAME(block_load)(a->w, k * a->C + c0, n, 0);
+    for (long l = 0; l < n; ++l) {
+      bias[l] = ((const DW_T *)a->bias)[c0 + l];
+      os[l] = ((const DW_T *)a->out_scale)[c0 + l];
+      s[l] = a->in_scale ? ((const DW_T *)a->in_scale)[c0 + l] : 1;
+      if (a->in_shift) t[l] = ((const DW_T *)a->in_shift)[c0 + l];
+    }
+    DW_NAME(block_pack)(xp, a, b, c0, n, wp, s, t, bf16);
+    const long o = b * a->H * a->W * a->C + c0;
+    const int more = blk + 1 < blk0 + nb;
+    switch (K) {
+      case 3: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 3, more, bf16); break;
+      case 5: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 5, more, bf16); break;
+      case 7: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 7, more, bf16); break;
+      case 9: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 9, more, bf16); break;
+      default: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, K, more, bf16);
+    }
   }
   free(xp);
 }
@@ -437,19 +453,26 @@ void DW_NAME(dwconv_forward)(const DW_T *in, const DW_T *w, const DW_T *bias,
 /* One eval-mode ConvMixer residual branch and its sum, with the previous
  * BN applied on the way in: x = in * in_scale + in_shift (in_scale NULL:
  * x = in), out = x + out_scale * act(conv(x, w) + bias). in and out are
- * DW_T, or bfloat16 if bf16 (computed in DW_T). */
+ * DW_T, or bfloat16 if bf16 (computed in DW_T). w is tap-major, (K, K, C),
+ * so that a tap's weights for a channel block are one vector load. */
 void DW_NAME(dwconv_block)(const void *in, const DW_T *in_scale,
                            const DW_T *in_shift, const DW_T *w,
                            const DW_T *bias, const DW_T *out_scale, int act,
                            void *out, long B, long H, long W, long C, int K,
                            int pad_top, int pad_left, int bf16,
                            int nthreads) {
+  /* Up to four channel blocks per task, while there are four tasks per
+   * thread. */
+  const long nblk = (C + VLEN - 1) / VLEN;
+  long group = 4;
+  while (group > 1 && B * ((nblk + group - 1) / group) < 4 * nthreads)
+    group /= 2;
   const dw_args a = {in,       w,         bias,      NULL, out,
                      B,        H,         W,         C,    K,
                      pad_top,  pad_left,  in_scale,  in_shift,
-                     out_scale, act,      bf16};
+                     out_scale, act,      bf16,      group};
   dw_parallel_for(bf16 ? DW_NAME(block_item_bf16) : DW_NAME(block_item), &a,
-                  B * ((C + VLEN - 1) / VLEN), nthreads);
+                  B * ((nblk + group - 1) / group), nthreads);
 }
 
 /* gw[c, ki, kj] = sum_{b, oh, ow} go[b, oh, ow, c]

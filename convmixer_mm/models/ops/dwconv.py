@@ -253,13 +253,15 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
     """
     x = x.contiguous(memory_format=torch.channels_last)
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    in_scale, in_shift, weight, bias, out_scale = (
-        None if t is None else t.float().contiguous()
-        for t in (in_scale, in_shift, weight, bias, out_scale))
     kernel_size = weight.shape[-1]
+    # The kernel wants the weights tap-major, (K, K, C).
+    taps = weight.reshape(weight.shape[0], -1).t()
+    in_scale, in_shift, taps, bias, out_scale = (
+        None if t is None else t.float().contiguous()
+        for t in (in_scale, in_shift, taps, bias, out_scale))
     pad = ctypes.c_int((kernel_size - 1) // 2)
     _library().dwconv_block_f32(
-        _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(weight), _ptr(bias),
+        _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(taps), _ptr(bias),
         _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(out), *_dims(x),
         ctypes.c_int(kernel_size), pad, pad,
         ctypes.c_int(x.dtype == torch.bfloat16),
