@@ -1,6 +1,7 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """The ConvMixer backbone, trainable and checkpoint-compatible."""
 import contextlib
+import functools
 import itertools
 import warnings
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -17,6 +18,7 @@ from mmpretrain.registry import MODELS
 from .fused import (FusedConvActBN, FusedConvMixerBlock, fusion_problem,
                     run_fused)
 from .ops import DepthwiseConv2d
+from .ops.act_bn import act_bn
 from .ops.dwconv import block_kernel_applies
 
 
@@ -132,6 +134,7 @@ class ConvMixerMM(BaseBackbone):
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
                  fast_dwconv: bool = True,
+                 fuse_train: bool = True,
                  fuse_eval: bool = True,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -150,6 +153,7 @@ class ConvMixerMM(BaseBackbone):
         self.frozen_stages = frozen_stages
         self.freeze_stem = freeze_stem
         self.with_cp = with_cp
+        self.fuse_train = fuse_train
         self.fuse_eval = fuse_eval
         self._warned = set()
 
@@ -245,15 +249,29 @@ class ConvMixerMM(BaseBackbone):
         self._freeze_stages()
         return self
 
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if not (self.with_cp and torch.is_grad_enabled()):
+    def _block(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``stage(x)``, with each act + BN (+ residual sum) as one op in
+        training mode (``fuse_train``; see :func:`act_bn`)."""
+        if not (self.fuse_train and self.training):
             return stage(x)
+        residual, conv, act, norm = stage
+        dwconv, dw_act, dw_norm = residual.fn
+        if isinstance(residual.drop_path, nn.Identity):
+            x = act_bn(dwconv(x), dw_act, dw_norm, residual=x)
+        else:
+            x = x + residual.drop_path(act_bn(dwconv(x), dw_act, dw_norm))
+        return act_bn(conv(x), act, norm)
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        block = functools.partial(self._block, stage)
+        if not (self.with_cp and torch.is_grad_enabled()):
+            return block(x)
         if torch.compiler.is_compiling():
             # dynamo traces no context_fn, and its recomputation in the
             # backward graph does not replay the BN statistics updates.
-            return cp.checkpoint(stage, x, use_reentrant=False)
+            return cp.checkpoint(block, x, use_reentrant=False)
         return cp.checkpoint(
-            stage,
+            block,
             x,
             use_reentrant=False,
             context_fn=lambda: (contextlib.nullcontext(),
@@ -327,7 +345,10 @@ class ConvMixerMM(BaseBackbone):
         if fused is not None and block_kernel_applies(x):
             return run_fused(*fused, x, self.out_indices)
         stem, stages = fused or (self.stem, self.stages)
-        x = stem(x)
+        if self.fuse_train and self.training:
+            x = act_bn(stem[0](x), stem[1], stem[2])
+        else:
+            x = stem(x)
         outs = []
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)

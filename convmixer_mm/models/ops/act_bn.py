@@ -1,0 +1,163 @@
+# Copyright (c) convmixer_mm contributors. All rights reserved.
+"""Training-mode ``residual + BatchNorm(act(x))`` in two passes each way.
+
+Every ConvMixer convolution is followed by an activation and a BatchNorm,
+and every depthwise branch by the residual sum. In a CPU training step
+aten runs these as four ops of about eight memory passes, forward and
+backward, at a fifth of the step. :func:`act_bn` runs them with the C
+kernel of ``dwconv.c`` (``act_bn_forward`` / ``act_bn_backward``): the
+same arithmetic (batch statistics, the running-stat update of
+``nn.BatchNorm2d``, exact GELU or ReLU), in two passes each way, saving
+the same tensors aten saves. Where the kernel does not apply it runs the
+modules themselves.
+"""
+import ctypes
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .dwconv import BLOCK_ACTS, _library, _ptr, kernel_available
+
+
+def _rows(x: torch.Tensor) -> Tuple[ctypes.c_long, ctypes.c_long]:
+    return ctypes.c_long(x.numel() // x.shape[1]), ctypes.c_long(x.shape[1])
+
+
+def _kernel(name: str, dtype: torch.dtype):
+    return getattr(_library(),
+                   f'{name}_{"f32" if dtype == torch.float32 else "f64"}')
+
+
+@torch.library.custom_op('convmixer_mm::act_bn_train', mutates_args=())
+def _forward(x: torch.Tensor, residual: Optional[torch.Tensor],
+             weight: torch.Tensor, bias: torch.Tensor, eps: float,
+             act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                torch.Tensor]:
+    """``(y, act(x), mean, var)`` of channels_last ``x``: ``y = residual +
+    bn(act(x))`` with the batch mean and biased variance."""
+    cl = torch.channels_last
+    x = x.contiguous(memory_format=cl)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=cl)
+    a = torch.empty_like(x, memory_format=cl)
+    y = torch.empty_like(x, memory_format=cl)
+    mean = x.new_empty(x.shape[1])
+    var = x.new_empty(x.shape[1])
+    if _kernel('act_bn_forward', x.dtype)(
+            _ptr(x), _ptr(residual), _ptr(weight.contiguous()),
+            _ptr(bias.contiguous()), ctypes.c_double(eps),
+            ctypes.c_int(BLOCK_ACTS[act]), _ptr(a), _ptr(y), _ptr(mean),
+            _ptr(var), *_rows(x), ctypes.c_int(torch.get_num_threads())):
+        raise MemoryError('act_bn_forward: out of memory')
+    return y, a, mean, var
+
+
+@_forward.register_fake
+def _(x, residual, weight, bias, eps, act):
+    cl = torch.channels_last
+    return (torch.empty_like(x, memory_format=cl),
+            torch.empty_like(x, memory_format=cl),
+            x.new_empty(x.shape[1]), x.new_empty(x.shape[1]))
+
+
+@torch.library.custom_op(
+    'convmixer_mm::act_bn_train_backward', mutates_args=())
+def _backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor,
+                 mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+                 eps: float,
+                 act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`_forward`'s ``y`` for ``x``, ``weight`` and
+    ``bias``; ``x`` is read for GELU only."""
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    grad_x = torch.empty_like(a, memory_format=torch.channels_last)
+    grad_w, grad_b = weight.new_empty(weight.shape), weight.new_empty(
+        weight.shape)
+    if _kernel('act_bn_backward', a.dtype)(
+            _ptr(grad), _ptr(x), _ptr(a), _ptr(mean), _ptr(var),
+            _ptr(weight.contiguous()), ctypes.c_double(eps),
+            ctypes.c_int(BLOCK_ACTS[act]), _ptr(grad_x), _ptr(grad_w),
+            _ptr(grad_b), *_rows(a), ctypes.c_int(torch.get_num_threads())):
+        raise MemoryError('act_bn_backward: out of memory')
+    return grad_x, grad_w, grad_b
+
+
+@_backward_op.register_fake
+def _(grad, x, a, mean, var, weight, eps, act):
+    return (torch.empty_like(a, memory_format=torch.channels_last),
+            weight.new_empty(weight.shape), weight.new_empty(weight.shape))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, residual, weight, _, eps, act = inputs
+    _, a, mean, var = output
+    # ReLU's gradient is read from its output: x need not be kept.
+    ctx.save_for_backward(x if act == 'gelu' else a, a, mean, var, weight)
+    ctx.eps, ctx.act = eps, act
+    ctx.has_residual = residual is not None
+    ctx.mark_non_differentiable(a, mean, var)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad, *_):
+    if grad is None:
+        return None, None, None, None, None, None
+    x, a, mean, var, weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b = _backward_op(grad, x, a, mean, var, weight,
+                                          ctx.eps, ctx.act)
+    return (grad_x, grad if ctx.has_residual else None, grad_w, grad_b,
+            None, None)
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _act_name(act: nn.Module) -> Optional[str]:
+    if type(act) is nn.ReLU:
+        return 'relu'
+    if type(act) is nn.GELU and act.approximate == 'none':
+        return 'gelu'
+    return None
+
+
+def applies(x: torch.Tensor, act: nn.Module, bn: nn.Module) -> bool:
+    """Whether :func:`act_bn` runs the kernel: a training ``BatchNorm2d``
+    (affine, tracking statistics) after ``ReLU`` or exact ``GELU``, on a
+    float32 or float64 channels_last CPU tensor outside autocast, exports
+    and TorchScript, with the kernel built."""
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine
+            and bn.track_running_stats and _act_name(act) is not None
+            and x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype in (torch.float32, torch.float64)
+            and bn.weight.dtype == x.dtype and x.numel() > x.shape[1]
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled('cpu')
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export() and kernel_available())
+
+
+def act_bn(x: torch.Tensor,
+           act: nn.Module,
+           bn: nn.Module,
+           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + bn(act(x))``, the modules' own result and side effects
+    (running statistics, ``num_batches_tracked``) to float rounding.
+
+    Where :func:`applies` is false this calls the modules. Where it is
+    true, their forward hooks are not called.
+    """
+    if not applies(x, act, bn) or (residual is not None
+                                   and residual.shape != x.shape):
+        y = bn(act(x))
+        return y if residual is None else residual + y
+    y, _, mean, var = _forward(x, residual, bn.weight, bn.bias, bn.eps,
+                               _act_name(act))
+    # nn.BatchNorm2d's update: momentum None is a cumulative average.
+    bn.num_batches_tracked.add_(1)
+    factor = (1.0 / float(bn.num_batches_tracked)
+              if bn.momentum is None else bn.momentum)
+    n = x.numel() // x.shape[1]
+    with torch.no_grad():
+        bn.running_mean.lerp_(mean, factor)
+        bn.running_var.lerp_(var * (n / (n - 1)), factor)
+    return y
