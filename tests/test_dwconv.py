@@ -159,7 +159,11 @@ def test_compiles_and_caches_with_log_lines(fresh_build, tmp_path):
     assert dwconv_module._library() is not None
     assert any('compiling the depthwise conv kernel' in line
                for line in fresh_build)
-    assert len(list(tmp_path.glob('dwconv_*.so'))) == 1
+    built = list(tmp_path.glob('dwconv_*.so'))
+    assert len(built) == 1
+    if 'backend: OpenMP' in torch.__config__.parallel_info():
+        # Linked to libgomp.so.1: torch's, already loaded, and its threads.
+        assert b'libgomp.so.1' in built[0].read_bytes()
     fresh_build.clear()
     dwconv_module._library.cache_clear()
     assert dwconv_module._library() is not None
@@ -177,6 +181,24 @@ def test_falls_back_without_compiler(fresh_build, tmp_path, monkeypatch):
     assert torch.equal(out, reference(conv, x))
     out.sum().backward()
     assert conv.weight.grad is not None
+
+
+def test_builds_without_openmp(fresh_build, tmp_path, monkeypatch):
+    """A compiler that cannot link OpenMP still gives a working kernel, on
+    threads of its own."""
+    cc = tmp_path / 'cc-without-openmp'
+    cc.write_text('#!/bin/sh\n'
+                  'for a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\n'
+                  'exec cc "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv('CC', str(cc))
+    conv = DepthwiseConv2d(8, 5)
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=CL)
+    out = conv(x)
+    assert ran_kernel(out)
+    assert rel_err(out, reference(conv, x)) < 1e-5
+    built = list(tmp_path.glob('dwconv_*.so'))
+    assert len(built) == 1 and b'libgomp' not in built[0].read_bytes()
 
 
 def test_torch_compile_keeps_the_op_in_one_graph():

@@ -43,12 +43,20 @@ static void *dw_worker(void *p) {
   return NULL;
 }
 
-/* Runs fn(args, i) for every i < n on up to nthreads threads. */
+/* Runs fn(args, i) for every i < n on up to nthreads threads. Built with
+ * -fopenmp, these are torch's own OpenMP threads (a process loads one
+ * libgomp.so.1, torch's): no threads are created per call, and none are
+ * left spinning after torch's last parallel region while ours start. */
 static void dw_parallel_for(dw_item_fn fn, const void *args, long n,
                             int nthreads) {
   dw_task task = {fn, args, n, 0};
   if (nthreads > n) nthreads = (int)n;
   if (nthreads < 1) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  dw_worker(&task);
+  return;
+#endif
   pthread_t threads[nthreads];
   int started = 1;
   for (int t = 1; t < nthreads; ++t) {
