@@ -21,6 +21,7 @@ from conftest import randomize, tiny_classifier
 from convmixer_mm.engine import CompileModelHook
 from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
                                  fuse_convmixer)
+from convmixer_mm.models import fused as fused_module
 from convmixer_mm.models.fast import FusedConvMixerBlock
 from convmixer_mm.models.ops.dwconv import dwconv_block, kernel_available
 from mmengine.config import Config
@@ -284,17 +285,14 @@ def test_compile_hook_without_a_compiler_trains_eager(monkeypatch):
     assert model.backbone._compiled_call_impl is None
 
 
-@pytest.mark.parametrize('act', ['relu', 'gelu'])
-@pytest.mark.parametrize('kernel', [3, 4, 9])
-@pytest.mark.parametrize('affine', [False, True])
-def test_dwconv_block_kernel_matches_torch(act, kernel, affine):
+def check_block_kernel(act: str, kernel: int, size: tuple, affine: bool,
+                       channels: int = 37, batch: int = 2) -> None:
     """The C inference block against F.conv2d: the pending BN applied on
     the way in, zero 'same' padding, activation, scale and residual."""
     if not kernel_available():
         pytest.skip('no C compiler: the kernel is not built')
     torch.manual_seed(kernel)
-    channels = 37  # not a multiple of the vector width
-    x = torch.randn(2, channels, 9, 11).contiguous(
+    x = torch.randn(batch, channels, *size).contiguous(
         memory_format=torch.channels_last)
     weight = torch.randn(channels, 1, kernel, kernel) / kernel
     bias, out_scale = torch.randn(channels), torch.randn(channels)
@@ -312,6 +310,75 @@ def test_dwconv_block_kernel_matches_torch(act, kernel, affine):
     out = dwconv_block(x, scale, shift, weight, bias, out_scale, act)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(out, ref) < FP32_TOL
+
+
+@pytest.mark.parametrize('act', ['relu', 'gelu'])
+@pytest.mark.parametrize('kernel,size', [(3, (9, 11)), (4, (9, 11)),
+                                         (9, (9, 11)), (7, (32, 32)),
+                                         (5, (3, 7)), (11, (17, 8)),
+                                         (7, (1, 1))])
+@pytest.mark.parametrize('affine', [False, True])
+def test_dwconv_block_kernel_matches_torch(act, kernel, size, affine):
+    """Specialised (3, 5, 7, 9) and generic kernels, even and odd; rows of
+    whole eight-pixel runs, with a remainder, and narrower than one; 37
+    channels, not a multiple of the vector width."""
+    check_block_kernel(act, kernel, size, affine)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_dwconv_block_kernel_groups_of_channel_blocks(threads):
+    """With few threads a task runs several channel blocks in turn (83
+    channels: a full group of four and a last, short one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_block_kernel('gelu', 7, (10, 9), True, channels=83)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('act', ['relu', 'gelu'])
+def test_dwconv_block_kernel_in_bf16(act):
+    """bf16 in and out, computed in fp32: the fp32 kernel's result on the
+    same (bf16-valued) input, rounded once to bf16."""
+    if not kernel_available():
+        pytest.skip('no C compiler: the kernel is not built')
+    torch.manual_seed(0)
+    channels = 37
+    x = torch.randn(2, channels, 9, 11).to(torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(channels, 1, 7, 7) / 7
+    bias, out_scale, scale, shift = (torch.randn(channels)
+                                     for _ in range(4))
+    out = dwconv_block(x, scale, shift, weight, bias, out_scale, act)
+    ref = dwconv_block(x.float(), scale, shift, weight, bias, out_scale, act)
+    assert out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, ref.to(torch.bfloat16))  # torch's rounding
+
+
+def test_bf16_autocast_runs_the_block_kernel(monkeypatch):
+    """Under bf16 autocast the default eval path also takes the C kernel,
+    and stays within the bf16 tolerance of the fp32 reference."""
+    if not kernel_available():
+        pytest.skip('no C compiler: the kernel is not built')
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].dtype)
+        return dwconv_block(*args)
+
+    monkeypatch.setattr(fused_module, 'dwconv_block', counted)
+    model = build_classifier()
+    x = torch.randn(2, 3, 32, 32).contiguous(
+        memory_format=torch.channels_last)
+    ref = unfused(model, x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = fused(model, x)
+        feats = model.backbone(x)
+    assert calls and set(calls) == {torch.bfloat16}
+    assert feats[-1].dtype == torch.bfloat16
+    assert rel_err(out, ref) < BF16_TOL
 
 
 @pytest.mark.parametrize('act', ['GELU', 'ReLU'])

@@ -18,11 +18,13 @@ weights because the activation sits between them; the BN after the 1x1
 conv cannot be folded into the next depthwise conv because of its zero
 padding.
 
-On CPU with channels_last fp32 input, :func:`run_fused` goes further with
-the C kernel ``dwconv_block`` (see :mod:`.ops.dwconv`): it applies the
-previous BN as it reads its input, then the depthwise conv, activation,
-BN scale and residual sum in one pass, so that a block is two passes: that
-kernel and the oneDNN 1x1 conv with its activation.
+On CPU with channels_last input, fp32 or under bf16 autocast,
+:func:`run_fused` goes further with the C kernel ``dwconv_block`` (see
+:mod:`.ops.dwconv`): it applies the previous BN as it reads its input,
+then the depthwise conv, activation, BN scale and residual sum in one
+pass, so that a block is two passes: that kernel and the oneDNN 1x1 conv
+with its activation. In bf16 the kernel reads and writes bf16 and
+computes in fp32.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -196,5 +198,5 @@ def run_fused(stem: FusedConvActBN, blocks: Sequence[FusedConvMixerBlock],
     for i, block in enumerate(blocks):
         u, scale, shift = block.forward_pending(u, scale, shift)
         if i in out_indices:
-            outs.append(torch.addcmul(shift, u, scale))
+            outs.append(torch.addcmul(shift, u, scale).to(u.dtype))
     return tuple(outs)

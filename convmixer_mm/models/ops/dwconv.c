@@ -78,9 +78,11 @@ typedef struct {
   /* Inference blocks only (NULL / 0 otherwise): the input is first mapped
    * to in * in_scale + in_shift per channel (the previous block's BN, with
    * the padding still zero), and the output becomes
-   * x + out_scale * act(conv(x) + bias), act 1 = ReLU, 2 = exact GELU. */
+   * x + out_scale * act(conv(x) + bias), act 1 = ReLU, 2 = exact GELU.
+   * With bf16 set, in and out hold bfloat16 (the rest stays DW_T). */
   const void *in_scale, *in_shift, *out_scale;
-  int act;
+  int act, bf16;
+  long group; /* channel blocks per task */
 } dw_args;
 
 #define DW_T float
@@ -160,38 +162,205 @@ DW_INLINE V DW_NAME(gelu)(V x) {
   return (DW_T)0.5 * x * DW_NAME(select)(z < 0, r, 2 - r);
 }
 
-/* The inference block's epilogue over one image's channel block:
- * out = x + scale * act(out), x read from the padded input. */
-static void DW_NAME(block_epilogue)(const V *xp, DW_T *out,
-                                    const dw_args *a, long c0, long n,
-                                    long wp) {
-  V s = {0};
-  for (long l = 0; l < n; ++l) s[l] = ((const DW_T *)a->out_scale)[c0 + l];
-  for (long h = 0; h < a->H; ++h)
-    for (long w = 0; w < a->W; ++w) {
-      DW_T *o = out + (h * a->W + w) * a->C;
-      V v = {0};
-      memcpy(&v, o, n * sizeof(DW_T));
-      v = a->act == 2 ? DW_NAME(gelu)(v)
-                      : DW_NAME(select)(v > 0, v, (V){0});
-      DW_NAME(store)(o, xp[(h + a->pad_top) * wp + w + a->pad_left] + s * v,
-                     n);
-    }
+/* The inference block's exact GELU, x / 2 * (1 + erf(x / sqrt 2)), to
+ * float precision. erf(z) for |z| <= 4 is Eigen's float rational
+ * approximation z P(z^2) / Q(z^2) (absolute error below 4e-7), and +-1
+ * beyond, as in float. It takes half the instructions of the erf through
+ * exp above (which act_grad shares with its phi): the GELU was a quarter
+ * of the block's time at 7x7. */
+DW_INLINE V DW_NAME(block_gelu)(V x) {
+  V z = x * (DW_T)0.70710678118654752;
+  z = DW_NAME(select)(z > 4, (V){0} + 4, z);
+  z = DW_NAME(select)(z < -4, (V){0} - 4, z);
+  const V z2 = z * z;
+  V p = (V){0} + (DW_T)-2.72614225801306e-10;
+  p = p * z2 + (DW_T)2.77068142495902e-08;
+  p = p * z2 + (DW_T)-2.10102402082508e-06;
+  p = p * z2 + (DW_T)-5.69250639462346e-05;
+  p = p * z2 + (DW_T)-7.34990630326855e-04;
+  p = p * z2 + (DW_T)-2.95459980854025e-03;
+  p = p * z2 + (DW_T)-1.60960333262415e-02;
+  V q = (V){0} + (DW_T)-1.45660718464996e-05;
+  q = q * z2 + (DW_T)-2.13374055278905e-04;
+  q = q * z2 + (DW_T)-1.68282697438203e-03;
+  q = q * z2 + (DW_T)-7.37332916720468e-03;
+  q = q * z2 + (DW_T)-1.42647390514189e-02;
+  const V half = (DW_T)0.5 * x;
+  return half + half * (z * p / q);
 }
 
-/* xp = xp * scale + shift inside the image, the padding staying zero. */
-static void DW_NAME(affine)(V *xp, const dw_args *a, long c0, long n,
-                            long wp) {
-  V s = {0}, t = {0};
-  for (long l = 0; l < n; ++l) {
-    s[l] = ((const DW_T *)a->in_scale)[c0 + l];
-    t[l] = ((const DW_T *)a->in_shift)[c0 + l];
+/* bfloat16 is the top half of a float: widening is exact, and narrowing
+ * rounds to nearest even (NaN stays NaN), as torch does. */
+typedef unsigned short DW_NAME(bf16vec)
+    __attribute__((vector_size(VLEN * 2)));
+typedef unsigned DW_NAME(u32vec) __attribute__((vector_size(VLEN * 4)));
+typedef float DW_NAME(f32vec) __attribute__((vector_size(VLEN * 4)));
+
+DW_INLINE V DW_NAME(from_bf16)(DW_NAME(bf16vec) h) {
+  const DW_NAME(u32vec) u = __builtin_convertvector(h, DW_NAME(u32vec)) << 16;
+  return __builtin_convertvector((DW_NAME(f32vec))u, V);
+}
+
+DW_INLINE DW_NAME(bf16vec) DW_NAME(to_bf16)(V v) {
+  const DW_NAME(f32vec) f = __builtin_convertvector(v, DW_NAME(f32vec));
+  DW_NAME(u32vec) u = (DW_NAME(u32vec))f;
+  u = (u + 0x7fff + ((u >> 16) & 1)) >> 16;
+  u = (u & (DW_NAME(u32vec))(f == f)) | (0x7fc0 & ~(DW_NAME(u32vec))(f == f));
+  return __builtin_convertvector(u, DW_NAME(bf16vec));
+}
+
+/* Channels [0, n) of the pixel at element i of p, DW_T or bfloat16: a full
+ * block is one vector access, not a call to libc's memcpy. */
+DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n,
+                                const int bf16) {
+  if (bf16) {
+    DW_NAME(bf16vec) h = {0};
+    memcpy(&h, (const unsigned short *)p + i,
+           (n == VLEN ? VLEN : n) * sizeof(short));
+    return DW_NAME(from_bf16)(h);
   }
-  for (long h = 0; h < a->H; ++h)
-    for (long w = 0; w < a->W; ++w) {
-      V *v = &xp[(h + a->pad_top) * wp + w + a->pad_left];
-      *v = *v * s + t;
+  V v = {0};
+  if (n == VLEN)
+    memcpy(&v, (const DW_T *)p + i, sizeof(V));
+  else
+    memcpy(&v, (const DW_T *)p + i, n * sizeof(DW_T));
+  return v;
+}
+
+DW_INLINE void DW_NAME(block_store)(void *p, long i, V v, long n,
+                                    const int bf16) {
+  if (bf16) {
+    const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
+    memcpy((unsigned short *)p + i, &h,
+           (n == VLEN ? VLEN : n) * sizeof(short));
+  } else if (n == VLEN) {
+    memcpy((DW_T *)p + i, &v, sizeof(V));
+  } else {
+    memcpy((DW_T *)p + i, &v, n * sizeof(DW_T));
+  }
+}
+
+/* Fills xp, a (H + K - 1, wp) grid of vectors, with channels [c0, c0 + n)
+ * of image b mapped by in * s + t, inside a zero border. */
+DW_INLINE void DW_NAME(block_pack)(V *xp, const dw_args *a, long b,
+                                   long c0, long n, long wp, V s, V t,
+                                   const int bf16) {
+  const long H = a->H, W = a->W, C = a->C, hp = H + a->K - 1;
+  const long left = a->pad_left, right = wp - W - left;
+  memset(xp, 0, a->pad_top * wp * sizeof(V));
+  memset(xp + (a->pad_top + H) * wp, 0,
+         (hp - a->pad_top - H) * wp * sizeof(V));
+  for (long h = 0; h < H; ++h) {
+    V *row = xp + (h + a->pad_top) * wp;
+    memset(row, 0, left * sizeof(V));
+    memset(row + left + W, 0, right * sizeof(V));
+    for (long w = 0; w < W; ++w)
+      row[left + w] = DW_NAME(block_load)(
+          a->in, ((b * H + h) * W + w) * C + c0, n, bf16) * s + t;
+  }
+}
+
+/* Output pixels [ow, ow + NO) of row oh of the block: y = x + os * act(bias
+ * + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj]), stored at element o
+ * of out onwards. A kernel row's weights stay in registers, and each
+ * input vector is loaded once per kernel row for the up to K accumulators
+ * it feeds. */
+DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
+                                     long o, const dw_args *a, long oh,
+                                     long ow, long n, long wp, const int K,
+                                     const int NO, const int bf16) {
+  V acc[NO], wr[K];
+#pragma GCC unroll 16
+  for (int i = 0; i < NO; ++i) acc[i] = bias;
+  for (int ki = 0; ki < K; ++ki) {
+    const V *r = xp + (oh + ki) * wp + ow;
+#pragma GCC unroll 16
+    for (int kj = 0; kj < K; ++kj) wr[kj] = wk[ki * K + kj];
+#pragma GCC unroll 32
+    for (int j = 0; j < NO + K - 1; ++j) {
+      const V x = r[j];
+#pragma GCC unroll 16
+      for (int i = 0; i < NO; ++i)
+        if (j - i >= 0 && j - i < K) acc[i] += wr[j - i] * x;
     }
+  }
+  const V *x = xp + (oh + a->pad_top) * wp + ow + a->pad_left;
+  for (int i = 0; i < NO; ++i) {
+    const V h = a->act == 2 ? DW_NAME(block_gelu)(acc[i])
+                            : DW_NAME(select)(acc[i] > 0, acc[i], (V){0});
+    DW_NAME(block_store)(a->out, o + i * a->C, x[i] + os * h, n, bf16);
+  }
+}
+
+/* The whole block over one image's channel block, eight outputs at a
+ * time, then one at a time; o is its first output element. With prefetch
+ * set, each row also asks for the same row of the next channel block's
+ * input, so that packing that block reads from L2 rather than waiting on
+ * one lone cache line per pixel. */
+DW_INLINE void DW_NAME(block_rows)(const V *xp, const V *wk, V bias, V os,
+                                   long o, const dw_args *a, long n,
+                                   long wp, const int K, int prefetch,
+                                   const int bf16) {
+  const long size = bf16 ? 2 : sizeof(DW_T);
+  for (long oh = 0; oh < a->H; ++oh) {
+    long ow = 0;
+    for (; ow + 8 <= a->W; ow += 8)
+      DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
+                            a, oh, ow, n, wp, K, 8, bf16);
+    for (; ow < a->W; ++ow)
+      DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
+                            a, oh, ow, n, wp, K, 1, bf16);
+    for (long w = 0; prefetch && w < a->W; ++w)
+      __builtin_prefetch((const char *)a->in +
+                             (o + VLEN + (oh * a->W + w) * a->C) * size,
+                         0, 2);
+  }
+}
+
+/* One image, a->group channel blocks (fewer at the end) of the inference
+ * block, one after the other. */
+DW_INLINE void DW_NAME(block_task)(const void *p, long item, const int bf16) {
+  const dw_args *a = p;
+  const long nblk = (a->C + VLEN - 1) / VLEN;
+  const long ngroup = (nblk + a->group - 1) / a->group;
+  const long b = item / ngroup, blk0 = item % ngroup * a->group;
+  const long nb = nblk - blk0 < a->group ? nblk - blk0 : a->group;
+  const int K = a->K;
+  const long hp = a->H + K - 1, wp = a->W + K - 1;
+  V *xp = aligned_alloc(64, hp * wp * sizeof(V));
+  if (!xp) abort();
+  for (long blk = blk0; blk < blk0 + nb; ++blk) {
+    const long c0 = blk * VLEN;
+    const long n = a->C - c0 < VLEN ? a->C - c0 : VLEN;
+    V wk[K * K], bias = {0}, os = {0}, s = {0}, t = {0};
+    for (int k = 0; k < K * K; ++k)
+      wk[k] = DW_NAME(block_load)(a->w, k * a->C + c0, n, 0);
+    for (long l = 0; l < n; ++l) {
+      bias[l] = ((const DW_T *)a->bias)[c0 + l];
+      os[l] = ((const DW_T *)a->out_scale)[c0 + l];
+      s[l] = a->in_scale ? ((const DW_T *)a->in_scale)[c0 + l] : 1;
+      if (a->in_shift) t[l] = ((const DW_T *)a->in_shift)[c0 + l];
+    }
+    DW_NAME(block_pack)(xp, a, b, c0, n, wp, s, t, bf16);
+    const long o = b * a->H * a->W * a->C + c0;
+    const int more = blk + 1 < blk0 + nb;
+    switch (K) {
+      case 3: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 3, more, bf16); break;
+      case 5: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 5, more, bf16); break;
+      case 7: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 7, more, bf16); break;
+      case 9: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 9, more, bf16); break;
+      default: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, K, more, bf16);
+    }
+  }
+  free(xp);
+}
+
+static void DW_NAME(block_item)(const void *p, long item) {
+  DW_NAME(block_task)(p, item, 0);
+}
+
+static void DW_NAME(block_item_bf16)(const void *p, long item) {
+  DW_NAME(block_task)(p, item, 1);
 }
 
 /* Outputs [ow, ow + NO) of row oh: out = bias + sum_{ki, kj} wk[ki, kj]
@@ -251,7 +420,6 @@ static void DW_NAME(fwd_item)(const void *p, long item) {
   memset(xp, 0, hp * wp * sizeof(V));
   DW_NAME(pack)(xp, (const DW_T *)a->in + b * plane, a, c0, n, a->pad_top,
                 a->pad_left, wp);
-  if (a->in_scale) DW_NAME(affine)(xp, a, c0, n, wp);
   memset(wk, 0, sizeof(wk));
   for (long l = 0; l < n; ++l) {
     const DW_T *wc = w + (c0 + l) * K * K;
@@ -267,7 +435,6 @@ static void DW_NAME(fwd_item)(const void *p, long item) {
     case 9: DW_NAME(fwd_rows)(xp, wk, bias, out, a, n, wp, 9); break;
     default: DW_NAME(fwd_rows)(xp, wk, bias, out, a, n, wp, K);
   }
-  if (a->out_scale) DW_NAME(block_epilogue)(xp, out, a, c0, n, wp);
   free(xp);
 }
 
@@ -336,18 +503,27 @@ void DW_NAME(dwconv_forward)(const DW_T *in, const DW_T *w, const DW_T *bias,
 
 /* One eval-mode ConvMixer residual branch and its sum, with the previous
  * BN applied on the way in: x = in * in_scale + in_shift (in_scale NULL:
- * x = in), out = x + out_scale * act(conv(x, w) + bias). */
-void DW_NAME(dwconv_block)(const DW_T *in, const DW_T *in_scale,
+ * x = in), out = x + out_scale * act(conv(x, w) + bias). in and out are
+ * DW_T, or bfloat16 if bf16 (computed in DW_T). w is tap-major, (K, K, C),
+ * so that a tap's weights for a channel block are one vector load. */
+void DW_NAME(dwconv_block)(const void *in, const DW_T *in_scale,
                            const DW_T *in_shift, const DW_T *w,
                            const DW_T *bias, const DW_T *out_scale, int act,
-                           DW_T *out, long B, long H, long W, long C, int K,
-                           int pad_top, int pad_left, int nthreads) {
+                           void *out, long B, long H, long W, long C, int K,
+                           int pad_top, int pad_left, int bf16,
+                           int nthreads) {
+  /* Up to four channel blocks per task, while there are four tasks per
+   * thread. */
+  const long nblk = (C + VLEN - 1) / VLEN;
+  long group = 4;
+  while (group > 1 && B * ((nblk + group - 1) / group) < 4 * nthreads)
+    group /= 2;
   const dw_args a = {in,       w,         bias,      NULL, out,
                      B,        H,         W,         C,    K,
                      pad_top,  pad_left,  in_scale,  in_shift,
-                     out_scale, act};
-  dw_parallel_for(DW_NAME(fwd_item), &a, B * ((C + VLEN - 1) / VLEN),
-                  nthreads);
+                     out_scale, act,      bf16,      group};
+  dw_parallel_for(bf16 ? DW_NAME(block_item_bf16) : DW_NAME(block_item), &a,
+                  B * ((nblk + group - 1) / group), nthreads);
 }
 
 /* gw[c, ki, kj] = sum_{b, oh, ow} go[b, oh, ow, c]

@@ -246,12 +246,17 @@ BLOCK_ACTS = {'relu': 1, 'gelu': 2}
 
 
 def block_kernel_applies(x: torch.Tensor) -> bool:
-    """Whether :func:`dwconv_block` runs on ``x`` (fp32 channels_last CPU
-    input, outside autocast, with the kernel built)."""
+    """Whether :func:`dwconv_block` runs on ``x``: channels_last CPU input,
+    fp32 outside autocast or bf16 autocast, with the kernel built."""
+    if torch.is_autocast_enabled('cpu'):
+        dtype = torch.get_autocast_dtype('cpu')
+    else:
+        dtype = x.dtype
     return (x.device.type == 'cpu' and x.dim() == 4
-            and x.dtype == torch.float32
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and dtype in (torch.float32, torch.bfloat16)
             and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.is_autocast_enabled('cpu') and kernel_available())
+            and kernel_available())
 
 
 @torch.library.custom_op('convmixer_mm::dwconv_block', mutates_args=())
@@ -264,20 +269,28 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
     With ``x' = x * in_scale + in_shift`` per channel (the BN of the layer
     before, skipped when ``in_scale`` is None), returns
     ``x' + out_scale * act(conv(x', weight) + bias)``, the convolution
-    depthwise with ``'same'`` zero padding. Inference only (no autograd);
+    depthwise with ``'same'`` zero padding. ``x`` is fp32 or bf16, and so
+    is the result; it is computed in fp32. Inference only (no autograd);
     see :func:`block_kernel_applies`. An op of its own, so that profiles
     show it.
 
     Args:
         act (str): ``'relu'`` or ``'gelu'`` (exact).
     """
+    x = x.contiguous(memory_format=torch.channels_last)
     out = torch.empty_like(x, memory_format=torch.channels_last)
     kernel_size = weight.shape[-1]
+    # The kernel wants the weights tap-major, (K, K, C).
+    taps = weight.reshape(weight.shape[0], -1).t()
+    in_scale, in_shift, taps, bias, out_scale = (
+        None if t is None else t.float().contiguous()
+        for t in (in_scale, in_shift, taps, bias, out_scale))
     pad = ctypes.c_int((kernel_size - 1) // 2)
     _library().dwconv_block_f32(
-        _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(weight), _ptr(bias),
+        _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(taps), _ptr(bias),
         _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(out), *_dims(x),
         ctypes.c_int(kernel_size), pad, pad,
+        ctypes.c_int(x.dtype == torch.bfloat16),
         ctypes.c_int(torch.get_num_threads()))
     return out
 
