@@ -7,8 +7,9 @@ aten runs these as four ops of about eight memory passes, forward and
 backward, at a fifth of the step. :func:`act_bn` runs them with the C
 kernel of ``dwconv.c`` (``act_bn_forward`` / ``act_bn_backward``): the
 same arithmetic (batch statistics, the running-stat update of
-``nn.BatchNorm2d``, exact GELU or ReLU), in two passes each way, saving
-the same tensors aten saves. Where the kernel does not apply it runs the
+``nn.BatchNorm2d``, exact GELU or ReLU), in two passes each way. It keeps
+only ``x`` for the backward and recomputes ``act(x)`` (aten keeps both),
+so training takes less memory. Where the kernel does not apply it runs the
 modules themselves.
 """
 import ctypes
@@ -32,78 +33,73 @@ def _kernel(name: str, dtype: torch.dtype):
 @torch.library.custom_op('convmixer_mm::act_bn_train', mutates_args=())
 def _forward(x: torch.Tensor, residual: Optional[torch.Tensor],
              weight: torch.Tensor, bias: torch.Tensor, eps: float,
-             act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                torch.Tensor]:
-    """``(y, act(x), mean, var)`` of channels_last ``x``: ``y = residual +
+             act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, mean, var)`` of channels_last ``x``: ``y = residual +
     bn(act(x))`` with the batch mean and biased variance."""
     cl = torch.channels_last
     x = x.contiguous(memory_format=cl)
     if residual is not None:
         residual = residual.contiguous(memory_format=cl)
-    a = torch.empty_like(x, memory_format=cl)
     y = torch.empty_like(x, memory_format=cl)
     mean = x.new_empty(x.shape[1])
     var = x.new_empty(x.shape[1])
     if _kernel('act_bn_forward', x.dtype)(
             _ptr(x), _ptr(residual), _ptr(weight.contiguous()),
             _ptr(bias.contiguous()), ctypes.c_double(eps),
-            ctypes.c_int(BLOCK_ACTS[act]), _ptr(a), _ptr(y), _ptr(mean),
-            _ptr(var), *_rows(x), ctypes.c_int(torch.get_num_threads())):
+            ctypes.c_int(BLOCK_ACTS[act]), _ptr(y), _ptr(mean), _ptr(var),
+            *_rows(x), ctypes.c_int(torch.get_num_threads())):
         raise MemoryError('act_bn_forward: out of memory')
-    return y, a, mean, var
+    return y, mean, var
 
 
 @_forward.register_fake
 def _(x, residual, weight, bias, eps, act):
-    cl = torch.channels_last
-    return (torch.empty_like(x, memory_format=cl),
-            torch.empty_like(x, memory_format=cl),
+    return (torch.empty_like(x, memory_format=torch.channels_last),
             x.new_empty(x.shape[1]), x.new_empty(x.shape[1]))
 
 
 @torch.library.custom_op(
     'convmixer_mm::act_bn_train_backward', mutates_args=())
-def _backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor,
-                 mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
-                 eps: float,
+def _backward_op(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
+                 var: torch.Tensor, weight: torch.Tensor, eps: float,
                  act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`_forward`'s ``y`` for ``x``, ``weight`` and
-    ``bias``; ``x`` is read for GELU only."""
+    ``bias``."""
     grad = grad.contiguous(memory_format=torch.channels_last)
-    grad_x = torch.empty_like(a, memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
     grad_w, grad_b = weight.new_empty(weight.shape), weight.new_empty(
         weight.shape)
-    if _kernel('act_bn_backward', a.dtype)(
-            _ptr(grad), _ptr(x), _ptr(a), _ptr(mean), _ptr(var),
+    if _kernel('act_bn_backward', x.dtype)(
+            _ptr(grad), _ptr(x), _ptr(mean), _ptr(var),
             _ptr(weight.contiguous()), ctypes.c_double(eps),
             ctypes.c_int(BLOCK_ACTS[act]), _ptr(grad_x), _ptr(grad_w),
-            _ptr(grad_b), *_rows(a), ctypes.c_int(torch.get_num_threads())):
+            _ptr(grad_b), *_rows(x), ctypes.c_int(torch.get_num_threads())):
         raise MemoryError('act_bn_backward: out of memory')
     return grad_x, grad_w, grad_b
 
 
 @_backward_op.register_fake
-def _(grad, x, a, mean, var, weight, eps, act):
-    return (torch.empty_like(a, memory_format=torch.channels_last),
+def _(grad, x, mean, var, weight, eps, act):
+    return (torch.empty_like(x, memory_format=torch.channels_last),
             weight.new_empty(weight.shape), weight.new_empty(weight.shape))
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x, residual, weight, _, eps, act = inputs
-    _, a, mean, var = output
-    # ReLU's gradient is read from its output: x need not be kept.
-    ctx.save_for_backward(x if act == 'gelu' else a, a, mean, var, weight)
+    _, mean, var = output
+    ctx.save_for_backward(x, mean, var, weight)
     ctx.eps, ctx.act = eps, act
     ctx.has_residual = residual is not None
-    ctx.mark_non_differentiable(a, mean, var)
+    ctx.mark_non_differentiable(mean, var)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad, *_):
     if grad is None:
         return None, None, None, None, None, None
-    x, a, mean, var, weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b = _backward_op(grad, x, a, mean, var, weight,
+    x, mean, var, weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b = _backward_op(grad, x, mean, var, weight,
                                           ctx.eps, ctx.act)
     return (grad_x, grad if ctx.has_residual else None, grad_w, grad_b,
             None, None)
@@ -150,8 +146,8 @@ def act_bn(x: torch.Tensor,
                                    and residual.shape != x.shape):
         y = bn(act(x))
         return y if residual is None else residual + y
-    y, _, mean, var = _forward(x, residual, bn.weight, bn.bias, bn.eps,
-                               _act_name(act))
+    y, mean, var = _forward(x, residual, bn.weight, bn.bias, bn.eps,
+                            _act_name(act))
     # nn.BatchNorm2d's update: momentum None is a cumulative average.
     bn.num_batches_tracked.add_(1)
     factor = (1.0 / float(bn.num_batches_tracked)

@@ -146,30 +146,10 @@ DW_INLINE V DW_NAME(exp_neg)(V x) {
   return DW_NAME(select)(small, (V){0}, y * scale);
 }
 
-/* The exact GELU, x / 2 * (1 + erf(x / sqrt 2)), with the erf of
- * Abramowitz & Stegun (DW_T)7.1.26 (absolute error below (DW_T)1.5e-7), as torch's
- * vectorized CPU erf. */
-DW_INLINE V DW_NAME(gelu)(V x) {
-  const V z = x * (DW_T)0.70710678118654752;
-  const V az = DW_NAME(select)(z < 0, -z, z);
-  const V t = 1 / (1 + (DW_T)0.3275911 * az);
-  V p = (V){0} + (DW_T)1.061405429;
-  p = p * t - (DW_T)1.453152027;
-  p = p * t + (DW_T)1.421413741;
-  p = p * t - (DW_T)0.284496736;
-  p = p * t + (DW_T)0.254829592;
-  const V r = p * t * DW_NAME(exp_neg)(-az * az); /* 1 - erf(|z|) */
-  return (DW_T)0.5 * x * DW_NAME(select)(z < 0, r, 2 - r);
-}
-
-/* The inference block's exact GELU, x / 2 * (1 + erf(x / sqrt 2)), to
- * float precision. erf(z) for |z| <= 4 is Eigen's float rational
+/* erf(z) to float precision: for |z| <= 4, Eigen's float rational
  * approximation z P(z^2) / Q(z^2) (absolute error below 4e-7), and +-1
- * beyond, as in float. It takes half the instructions of the erf through
- * exp above (which act_grad shares with its phi): the GELU was a quarter
- * of the block's time at 7x7. */
-DW_INLINE V DW_NAME(block_gelu)(V x) {
-  V z = x * (DW_T)0.70710678118654752;
+ * beyond, as in float. Half the instructions of an erf through exp. */
+DW_INLINE V DW_NAME(erf)(V z) {
   z = DW_NAME(select)(z > 4, (V){0} + 4, z);
   z = DW_NAME(select)(z < -4, (V){0} - 4, z);
   const V z2 = z * z;
@@ -185,8 +165,13 @@ DW_INLINE V DW_NAME(block_gelu)(V x) {
   q = q * z2 + (DW_T)-1.68282697438203e-03;
   q = q * z2 + (DW_T)-7.37332916720468e-03;
   q = q * z2 + (DW_T)-1.42647390514189e-02;
+  return z * p / q;
+}
+
+/* The exact GELU, x / 2 * (1 + erf(x / sqrt 2)). */
+DW_INLINE V DW_NAME(gelu)(V x) {
   const V half = (DW_T)0.5 * x;
-  return half + half * (z * p / q);
+  return half + half * DW_NAME(erf)(x * (DW_T)0.70710678118654752);
 }
 
 /* bfloat16 is the top half of a float: widening is exact, and narrowing
@@ -286,7 +271,7 @@ DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
   }
   const V *x = xp + (oh + a->pad_top) * wp + ow + a->pad_left;
   for (int i = 0; i < NO; ++i) {
-    const V h = a->act == 2 ? DW_NAME(block_gelu)(acc[i])
+    const V h = a->act == 2 ? DW_NAME(gelu)(acc[i])
                             : DW_NAME(select)(acc[i] > 0, acc[i], (V){0});
     DW_NAME(block_store)(a->out, o + i * a->C, x[i] + os * h, n, bf16);
   }
@@ -540,9 +525,10 @@ void DW_NAME(dwconv_grad_weight)(const DW_T *go, const DW_T *in, DW_T *gw,
  *
  * ConvMixer follows every convolution with an activation and a training-mode
  * BatchNorm. These run over the N = B * H * W rows of C channels of NHWC
- * tensors in two streaming passes each way (aten takes four ops and about
- * eight passes, for the same arithmetic):
- *   forward   1: a = act(x), saved, and per-channel sums of a;
+ * tensors in two streaming passes each way, recomputing a = act(x) rather
+ * than storing it (these passes are bound by memory traffic; aten takes four
+ * ops, about eight passes, and keeps a):
+ *   forward   1: per-channel sums of a;
  *             2: y = a * s + t (+ res), s = gamma * rstd, t = beta - mean * s;
  *   backward  1: per-channel sums of g and g * (a - mean);
  *             2: gx = act'(x) * (A * g + Bc * a + D).
@@ -552,8 +538,8 @@ void DW_NAME(dwconv_grad_weight)(const DW_T *go, const DW_T *in, DW_T *gw,
  * double across blocks, shifted by the first row's value (the "shifted data"
  * variance, robust when the mean is large against the spread). */
 typedef struct {
-  const DW_T *x, *res, *go, *a_in, *shift, *s, *t, *d;
-  DW_T *a, *y, *gx;
+  const DW_T *x, *res, *go, *shift, *s, *t, *d;
+  DW_T *y, *gx;
   double *part; /* (blocks, 2, C) */
   long N, C, rows;
   int act;
@@ -576,26 +562,22 @@ DW_INLINE void DW_NAME(ab_store)(DW_T *p, V v, long n) {
     memcpy(p, &v, n * sizeof(DW_T));
 }
 
-/* act'(x): 1 = ReLU (x > 0), 2 = exact GELU, Phi(x) + x * phi(x), with the
- * erf of DW_NAME(gelu). */
-DW_INLINE V DW_NAME(act_grad)(V x, int act) {
-  if (act == 1) return DW_NAME(select)(x > 0, (V){0} + 1, (V){0});
-  const V z = x * (DW_T)0.70710678118654752;
-  const V az = DW_NAME(select)(z < 0, -z, z);
-  const V t = 1 / (1 + (DW_T)0.3275911 * az);
-  V p = (V){0} + (DW_T)1.061405429;
-  p = p * t - (DW_T)1.453152027;
-  p = p * t + (DW_T)1.421413741;
-  p = p * t - (DW_T)0.284496736;
-  p = p * t + (DW_T)0.254829592;
-  const V e = DW_NAME(exp_neg)(-az * az);
-  const V r = (DW_T)0.5 * p * t * e; /* (1 - erf(|z|)) / 2 */
-  const V cdf = DW_NAME(select)(z < 0, r, 1 - r);
-  return cdf + x * e * (DW_T)0.39894228040143268;
-}
-
+/* act(x), 1 = ReLU, 2 = exact GELU. */
 DW_INLINE V DW_NAME(act)(V x, int act) {
   return act == 2 ? DW_NAME(gelu)(x) : DW_NAME(select)(x > 0, x, (V){0});
+}
+
+/* act(x) and act'(x) together; GELU's is Phi(x) + x * phi(x). */
+DW_INLINE V DW_NAME(act_and_grad)(V x, int act, V *grad) {
+  if (act == 1) {
+    const VI pos = x > 0;
+    *grad = DW_NAME(select)(pos, (V){0} + 1, (V){0});
+    return DW_NAME(select)(pos, x, (V){0});
+  }
+  const V z = x * (DW_T)0.70710678118654752;
+  const V cdf = (DW_T)0.5 + (DW_T)0.5 * DW_NAME(erf)(z);
+  *grad = cdf + x * DW_NAME(exp_neg)(-z * z) * (DW_T)0.39894228040143268;
+  return x * cdf;
 }
 
 /* Adds a block's DW_T sums into its double slot. */
@@ -603,10 +585,10 @@ static void DW_NAME(ab_flush)(double *slot, const V *acc, long C) {
   for (long c = 0; c < C; ++c) slot[c] += (double)acc[c / VLEN][c % VLEN];
 }
 
-/* Forward pass 1 over one block of rows: a = act(x); sums of a - shift and
- * of its square, row by row (streaming), in 2 * C / VLEN vector
- * accumulators. */
-static void DW_NAME(ab_fwd_stats)(const void *p, long item) {
+/* Pass 1, either way, over one block of rows, row by row (streaming), into
+ * 2 * C / VLEN vector accumulators: forward (go NULL), the sums of
+ * a - shift and of its square; backward, of g and of g * (a - shift). */
+static void DW_NAME(ab_stats)(const void *p, long item) {
   const DW_NAME(ab_args) *g = p;
   const long C = g->C, nv = (C + VLEN - 1) / VLEN, r0 = item * g->rows;
   const long r1 = r0 + g->rows < g->N ? r0 + g->rows : g->N;
@@ -617,11 +599,11 @@ static void DW_NAME(ab_fwd_stats)(const void *p, long item) {
   for (long r = r0; r < r1; ++r)
     for (long c = 0; c < C; c += VLEN) {
       const long n = C - c < VLEN ? C - c : VLEN;
-      const V v = DW_NAME(act)(DW_NAME(load)(g->x + r * C + c, n), g->act);
-      DW_NAME(ab_store)(g->a + r * C + c, v, n);
-      const V d = v - DW_NAME(load)(g->shift + c, n);
-      acc1[c / VLEN] += d;
-      acc2[c / VLEN] += d * d;
+      const V d = DW_NAME(act)(DW_NAME(load)(g->x + r * C + c, n), g->act) -
+                  DW_NAME(load)(g->shift + c, n);
+      const V w = g->go ? DW_NAME(load)(g->go + r * C + c, n) : d;
+      acc1[c / VLEN] += w;
+      acc2[c / VLEN] += w * d;
     }
   memset(s1, 0, 2 * C * sizeof(double));
   DW_NAME(ab_flush)(s1, acc1, C);
@@ -629,7 +611,7 @@ static void DW_NAME(ab_fwd_stats)(const void *p, long item) {
   free(acc1);
 }
 
-/* Forward pass 2: y = a * s + t (+ res). */
+/* Forward pass 2: y = act(x) * s + t (+ res). */
 static void DW_NAME(ab_fwd_norm)(const void *p, long item) {
   const DW_NAME(ab_args) *g = p;
   const long C = g->C, r0 = item * g->rows;
@@ -637,37 +619,15 @@ static void DW_NAME(ab_fwd_norm)(const void *p, long item) {
   for (long r = r0; r < r1; ++r)
     for (long c = 0; c < C; c += VLEN) {
       const long n = C - c < VLEN ? C - c : VLEN;
-      V v = DW_NAME(load)(g->a + r * C + c, n) * DW_NAME(load)(g->s + c, n) +
+      V v = DW_NAME(act)(DW_NAME(load)(g->x + r * C + c, n), g->act) *
+                DW_NAME(load)(g->s + c, n) +
             DW_NAME(load)(g->t + c, n);
       if (g->res) v += DW_NAME(load)(g->res + r * C + c, n);
       DW_NAME(ab_store)(g->y + r * C + c, v, n);
     }
 }
 
-/* Backward pass 1: sums of g and of g * (a - mean) (shift = mean). */
-static void DW_NAME(ab_bwd_stats)(const void *p, long item) {
-  const DW_NAME(ab_args) *g = p;
-  const long C = g->C, nv = (C + VLEN - 1) / VLEN, r0 = item * g->rows;
-  const long r1 = r0 + g->rows < g->N ? r0 + g->rows : g->N;
-  double *s1 = g->part + item * 2 * C, *s2 = s1 + C;
-  V *acc1 = aligned_alloc(64, 2 * nv * sizeof(V)), *acc2 = acc1 + nv;
-  if (!acc1) abort();
-  memset(acc1, 0, 2 * nv * sizeof(V));
-  for (long r = r0; r < r1; ++r)
-    for (long c = 0; c < C; c += VLEN) {
-      const long n = C - c < VLEN ? C - c : VLEN;
-      const V gv = DW_NAME(load)(g->go + r * C + c, n);
-      acc1[c / VLEN] += gv;
-      acc2[c / VLEN] += gv * (DW_NAME(load)(g->a_in + r * C + c, n) -
-                              DW_NAME(load)(g->shift + c, n));
-    }
-  memset(s1, 0, 2 * C * sizeof(double));
-  DW_NAME(ab_flush)(s1, acc1, C);
-  DW_NAME(ab_flush)(s2, acc2, C);
-  free(acc1);
-}
-
-/* Backward pass 2: gx = act'(x) * (s * g + t * a + d). */
+/* Backward pass 2: gx = act'(x) * (s * g + t * act(x) + d). */
 static void DW_NAME(ab_bwd_input)(const void *p, long item) {
   const DW_NAME(ab_args) *g = p;
   const long C = g->C, r0 = item * g->rows;
@@ -675,12 +635,12 @@ static void DW_NAME(ab_bwd_input)(const void *p, long item) {
   for (long r = r0; r < r1; ++r)
     for (long c = 0; c < C; c += VLEN) {
       const long n = C - c < VLEN ? C - c : VLEN;
+      V dx;
+      const V a = DW_NAME(act_and_grad)(DW_NAME(load)(g->x + r * C + c, n),
+                                        g->act, &dx);
       const V v = DW_NAME(load)(g->go + r * C + c, n) *
                       DW_NAME(load)(g->s + c, n) +
-                  DW_NAME(load)(g->a_in + r * C + c, n) *
-                      DW_NAME(load)(g->t + c, n) +
-                  DW_NAME(load)(g->d + c, n);
-      const V dx = DW_NAME(act_grad)(DW_NAME(load)(g->x + r * C + c, n), g->act);
+                  a * DW_NAME(load)(g->t + c, n) + DW_NAME(load)(g->d + c, n);
       DW_NAME(ab_store)(g->gx + r * C + c, v * dx, n);
     }
 }
@@ -691,24 +651,26 @@ static long DW_NAME(ab_rows)(long N) {
   return rows < 16 ? 16 : rows;
 }
 
-/* Adds the blocks' slots: out1[c], out2[c] = the sums over all rows. */
-static void DW_NAME(ab_reduce)(const double *part, long blocks, long C,
-                               double *out1, double *out2) {
-  for (long c = 0; c < C; ++c) out1[c] = out2[c] = 0;
+/* Runs pass 1 and adds the blocks' slots in order: sum1[c], sum2[c]. */
+static void DW_NAME(ab_sums)(DW_NAME(ab_args) *g, int nthreads,
+                             double *sum1, double *sum2) {
+  const long blocks = (g->N + g->rows - 1) / g->rows, C = g->C;
+  dw_parallel_for(DW_NAME(ab_stats), g, blocks, nthreads);
+  for (long c = 0; c < C; ++c) sum1[c] = sum2[c] = 0;
   for (long b = 0; b < blocks; ++b)
     for (long c = 0; c < C; ++c) {
-      out1[c] += part[b * 2 * C + c];
-      out2[c] += part[b * 2 * C + C + c];
+      sum1[c] += g->part[b * 2 * C + c];
+      sum2[c] += g->part[b * 2 * C + C + c];
     }
 }
 
 /* Training-mode res + BN(act(x)) over (N, C) rows, act 1 = ReLU, 2 = GELU.
- * Writes a = act(x), y, and the batch mean and biased variance (C). res
- * may be NULL. */
+ * Writes y and the batch mean and biased variance (C). res may be NULL.
+ * Returns 1 when out of memory. */
 int DW_NAME(act_bn_forward)(const DW_T *x, const DW_T *res,
                             const DW_T *gamma, const DW_T *beta, double eps,
-                            int act, DW_T *a, DW_T *y, DW_T *mean, DW_T *var,
-                            long N, long C, int nthreads) {
+                            int act, DW_T *y, DW_T *mean, DW_T *var, long N,
+                            long C, int nthreads) {
   const long rows = DW_NAME(ab_rows)(N), blocks = (N + rows - 1) / rows;
   double *part = malloc((blocks * 2 + 2) * C * sizeof(double));
   DW_T *shift = malloc(3 * C * sizeof(DW_T));
@@ -723,10 +685,9 @@ int DW_NAME(act_bn_forward)(const DW_T *x, const DW_T *res,
     const long n = C - c < VLEN ? C - c : VLEN;
     DW_NAME(ab_store)(shift + c, DW_NAME(act)(DW_NAME(load)(x + c, n), act), n);
   }
-  DW_NAME(ab_args) g = {x, res, NULL, NULL, shift, s, t, NULL, a, y, NULL,
+  DW_NAME(ab_args) g = {x, res, NULL, shift, s, t, NULL, y, NULL,
                         part, N, C, rows, act};
-  dw_parallel_for(DW_NAME(ab_fwd_stats), &g, blocks, nthreads);
-  DW_NAME(ab_reduce)(part, blocks, C, s1, s2);
+  DW_NAME(ab_sums)(&g, nthreads, s1, s2);
   for (long c = 0; c < C; ++c) {
     const double d = s1[c] / N, v = s2[c] / N - d * d;
     const double m = shift[c] + d, vv = v > 0 ? v : 0;
@@ -743,13 +704,12 @@ int DW_NAME(act_bn_forward)(const DW_T *x, const DW_T *res,
 }
 
 /* The gradients of DW_NAME(act_bn_forward) given go = dL/dy: gx, and the
- * weight and bias gradients gw, gb (C) (the residual's is go itself). x is
- * read only for GELU; for ReLU pass a. */
-int DW_NAME(act_bn_backward)(const DW_T *go, const DW_T *x, const DW_T *a,
-                             const DW_T *mean, const DW_T *var,
-                             const DW_T *gamma, double eps, int act,
-                             DW_T *gx, DW_T *gw, DW_T *gb, long N, long C,
-                             int nthreads) {
+ * weight and bias gradients gw, gb (C) (the residual's is go itself).
+ * Returns 1 when out of memory. */
+int DW_NAME(act_bn_backward)(const DW_T *go, const DW_T *x, const DW_T *mean,
+                             const DW_T *var, const DW_T *gamma, double eps,
+                             int act, DW_T *gx, DW_T *gw, DW_T *gb, long N,
+                             long C, int nthreads) {
   const long rows = DW_NAME(ab_rows)(N), blocks = (N + rows - 1) / rows;
   double *part = malloc((blocks * 2 + 2) * C * sizeof(double));
   DW_T *s = malloc(3 * C * sizeof(DW_T));
@@ -760,10 +720,9 @@ int DW_NAME(act_bn_backward)(const DW_T *go, const DW_T *x, const DW_T *a,
   }
   DW_T *t = s + C, *d = t + C;
   double *s1 = part + blocks * 2 * C, *s2 = s1 + C;
-  DW_NAME(ab_args) g = {x, NULL, go, a, mean, s, t, d, NULL, NULL, gx,
+  DW_NAME(ab_args) g = {x, NULL, go, mean, s, t, d, NULL, gx,
                         part, N, C, rows, act};
-  dw_parallel_for(DW_NAME(ab_bwd_stats), &g, blocks, nthreads);
-  DW_NAME(ab_reduce)(part, blocks, C, s1, s2);
+  DW_NAME(ab_sums)(&g, nthreads, s1, s2);
   for (long c = 0; c < C; ++c) {
     /* dL/da = A (g - mean(g)) - A rstd^2 (a - mean) mean(g (a - mean)),
      * A = gamma * rstd. */
