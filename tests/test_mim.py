@@ -1,12 +1,12 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""OpenMMLab's mim finds the package installed from a wheel and from an
-editable install in the ``setup.py develop`` layout: ``mim list``, ``mim
-search`` and ``mim train`` with one of our configs.
+"""OpenMMLab's mim finds the package installed from a wheel and from the
+editable install that ``tools/install.sh`` makes: ``mim list``, ``mim
+search convmixer_mm`` and ``mim train convmixer_mm CONFIG``.
 
-mim looks for a package beside its metadata (``<location>/convmixer_mm``),
-which a PEP 660 editable install (pip's default, and what ``setup.py
-develop`` does from setuptools 80 on) does not have; the README says so.
-Each install goes into a throw-away virtualenv that sees the system
+mim looks for the package beside its metadata (``<site-packages>/
+convmixer_mm/.mim``). A wheel puts it there; pip's editable install (PEP
+660) leaves only an import hook, so install.sh links the checkout's package
+there. Each install goes into a throw-away virtualenv that sees the system
 packages (torch, mmpretrain, mim) but shadows the installed convmixer_mm.
 """
 import os
@@ -24,7 +24,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         subprocess.run([sys.executable, '-c', 'import mim'],
-                       capture_output=True).returncode != 0,
+                       capture_output=True,
+                       check=False).returncode != 0,
         reason='needs openmim (pip install -e ".[tests]"), which imports '
         'pkg_resources (setuptools<81)'),
     pytest.mark.skipif(
@@ -33,67 +34,96 @@ pytestmark = [
 ]
 
 
-def run(python: str, *args: str, cwd: str) -> str:
+def run(*args: str, cwd: str, **env: str) -> str:
     # The checkout must not be importable by path: mim has to find the
     # installed package.
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    result = subprocess.run([python, *args],
+    env = {**{k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}, **env}
+    result = subprocess.run(args,
                             capture_output=True,
                             text=True,
                             cwd=cwd,
-                            env=env)
+                            env=env,
+                            check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout
 
 
 @pytest.fixture(scope='module', params=['wheel', 'editable'])
 def installed(request, tmp_path_factory):
-    """The python of a virtualenv with convmixer_mm installed one way."""
+    """A virtualenv with convmixer_mm installed one way: the way, its
+    python, its folder and the source tree installed from."""
     env_dir = str(tmp_path_factory.mktemp(f'venv_{request.param}'))
-    # The wheel is built by the system's pip and setuptools; the editable
-    # install uses the virtualenv's own setuptools (65 with Python 3.11),
-    # whose develop command still writes the egg-link layout.
-    venv.create(
-        env_dir,
-        system_site_packages=True,
-        with_pip=request.param == 'editable')
+    venv.create(env_dir,
+                system_site_packages=True,
+                with_pip=request.param == 'editable')
     python = osp.join(env_dir, 'bin', 'python')
     # A copy: installing writes convmixer_mm/.mim and egg-info in the tree.
     src = osp.join(env_dir, 'src')
-    shutil.copytree(
-        ROOT,
-        src,
-        ignore=shutil.ignore_patterns('.git', '.mim', '*.egg-info',
-                                      '__pycache__', 'build', 'work_dirs'))
+    shutil.copytree(ROOT,
+                    src,
+                    ignore=shutil.ignore_patterns('.git', '.mim', '*.egg-info',
+                                                  '.venv', '__pycache__',
+                                                  'build', 'work_dirs'))
     if request.param == 'wheel':
-        run(python, '-m', 'pip', 'install', '-q', '--no-deps',
-            '--no-build-isolation', src, cwd=env_dir)
+        # Built by the system's pip and setuptools.
+        run(python,
+            '-m',
+            'pip',
+            'install',
+            '-q',
+            '--no-deps',
+            '--no-build-isolation',
+            src,
+            cwd=env_dir)
     else:
-        version = run(python, '-c', 'import setuptools; '
-                      'print(setuptools.__version__)', cwd=env_dir)
-        if int(version.split('.')[0]) >= 80:
-            pytest.skip(f'setuptools {version.strip()} in a new virtualenv '
-                        'has no egg-link develop layout')
-        run(python, 'setup.py', '-q', 'develop', '--no-deps', cwd=src)
-    return python, env_dir
+        # The README's set-up, into this virtualenv: `pip install -e`, by
+        # PEP 660 (pyproject.toml), then the link mim needs.
+        out = run('bash', 'tools/install.sh', cwd=src, PYTHON=python)
+        assert 'Building editable for convmixer_mm' in out, out
+    return request.param, python, env_dir, src
 
 
 def test_mim_list_and_search(installed):
-    python, cwd = installed
+    _, python, cwd, _ = installed
     listed = run(python, '-m', 'mim', 'list', cwd=cwd)
     assert any(line.split()[:2] == ['convmixer-mm', '0.1.0']
                for line in listed.splitlines()), listed
-    found = run(python, '-m', 'mim', 'search', 'convmixer_mm', '--model',
-                'convmixer-mm', cwd=cwd)
-    assert 'convmixer-mm_1536-20_official-in1k' in found
+    found = run(python, '-m', 'mim', 'search', 'convmixer_mm', cwd=cwd)
+    for arch in ('1536-20', '768-32', '1024-20'):
+        assert f'config id: convmixer-mm_{arch}_official-in1k' in found
 
 
 def test_mim_train(installed):
-    python, cwd = installed
+    way, python, cwd, src = installed
     work_dir = osp.join(cwd, 'work')
-    run(python, '-m', 'mim', 'train', 'convmixer_mm',
-        'convmixer-128-4-p4_1xb128_fashion-mnist.py', '--work-dir', work_dir,
-        '--cfg-options', 'train_dataloader.dataset.indices=64',
-        'val_dataloader.dataset.indices=64', 'train_cfg.max_epochs=1',
-        cwd=cwd)
+    out = run(python,
+              '-m',
+              'mim',
+              'train',
+              'convmixer_mm',
+              'convmixer-128-4-p4_1xb128_fashion-mnist.py',
+              '--work-dir',
+              work_dir,
+              '--cfg-options',
+              'train_dataloader.dataset.indices=64',
+              'val_dataloader.dataset.indices=64',
+              'train_cfg.max_epochs=1',
+              cwd=cwd)
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
+    # The editable install trains with the checkout's config, the wheel
+    # with its own copy.
+    config = 'configs/convmixer/convmixer-128-4-p4_1xb128_fashion-mnist.py'
+    assert (f'will use {osp.realpath(osp.join(src, config))} instead'
+            in out) == (way == 'editable'), out
+
+
+def test_pip_uninstall(installed):
+    _, python, cwd, src = installed
+    run(python, '-m', 'pip', 'uninstall', '-y', 'convmixer_mm', cwd=cwd)
+    site = run(python,
+               '-c',
+               'import sysconfig; print(sysconfig.get_path("purelib"))',
+               cwd=cwd).strip()
+    assert not [n for n in os.listdir(site) if 'convmixer' in n]
+    # The editable install's link is gone, not what it pointed to.
+    assert osp.isfile(osp.join(src, 'convmixer_mm', '__init__.py'))
