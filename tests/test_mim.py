@@ -6,12 +6,13 @@ search convmixer_mm`` and ``mim train convmixer_mm CONFIG``.
 mim looks for the package beside its metadata (``<site-packages>/
 convmixer_mm/.mim``). A wheel puts it there; pip's editable install (PEP
 660) leaves only an import hook, so install.sh links the checkout's package
-there. Each install goes into a throw-away virtualenv that sees the system
-packages (torch, mmpretrain, mim) but shadows the installed convmixer_mm.
+there. Each install goes into a throw-away virtualenv that sees this
+interpreter's packages (torch, mmpretrain, mim) after its own.
 """
 import os
 import os.path as osp
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -19,6 +20,7 @@ import venv
 import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PURELIB = 'import sysconfig; print(sysconfig.get_path("purelib"))'
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,15 +50,26 @@ def run(*args: str, cwd: str, **env: str) -> str:
     return result.stdout
 
 
+def make_venv(env_dir: str, with_pip: bool) -> str:
+    """A virtualenv that sees this interpreter's packages (torch, mim...)
+    after its own, as ``--system-site-packages`` does for a base
+    interpreter, also where this one runs in a virtualenv (Debian's
+    ``.venv``). Returns its python."""
+    venv.create(env_dir, with_pip=with_pip)
+    python = osp.join(env_dir, 'bin', 'python')
+    purelib = run(python, '-c', PURELIB, cwd=env_dir).strip()
+    dirs = [f'site.addsitedir({d!r})' for d in site.getsitepackages()]
+    with open(osp.join(purelib, 'outer_site.pth'), 'w') as f:
+        f.write('; '.join(['import site', *dirs]) + '\n')
+    return python
+
+
 @pytest.fixture(scope='module', params=['wheel', 'editable'])
 def installed(request, tmp_path_factory):
     """A virtualenv with convmixer_mm installed one way: the way, its
     python, its folder and the source tree installed from."""
     env_dir = str(tmp_path_factory.mktemp(f'venv_{request.param}'))
-    venv.create(env_dir,
-                system_site_packages=True,
-                with_pip=request.param == 'editable')
-    python = osp.join(env_dir, 'bin', 'python')
+    python = make_venv(env_dir, with_pip=request.param == 'editable')
     # A copy: installing writes convmixer_mm/.mim and egg-info in the tree.
     src = osp.join(env_dir, 'src')
     shutil.copytree(ROOT,
@@ -65,16 +78,9 @@ def installed(request, tmp_path_factory):
                                                   '.venv', '__pycache__',
                                                   'build', 'work_dirs'))
     if request.param == 'wheel':
-        # Built by the system's pip and setuptools.
-        run(python,
-            '-m',
-            'pip',
-            'install',
-            '-q',
-            '--no-deps',
-            '--no-build-isolation',
-            src,
-            cwd=env_dir)
+        # Built by this interpreter's pip and setuptools.
+        pip = ['-m', 'pip', 'install', '-q', '--no-deps']
+        run(python, *pip, '--no-build-isolation', src, cwd=env_dir)
     else:
         # The README's set-up, into this virtualenv: `pip install -e`, by
         # PEP 660 (pyproject.toml), then the link mim needs.
@@ -120,10 +126,7 @@ def test_mim_train(installed):
 def test_pip_uninstall(installed):
     _, python, cwd, src = installed
     run(python, '-m', 'pip', 'uninstall', '-y', 'convmixer_mm', cwd=cwd)
-    site = run(python,
-               '-c',
-               'import sysconfig; print(sysconfig.get_path("purelib"))',
-               cwd=cwd).strip()
-    assert not [n for n in os.listdir(site) if 'convmixer' in n]
+    purelib = run(python, '-c', PURELIB, cwd=cwd).strip()
+    assert not [n for n in os.listdir(purelib) if 'convmixer' in n]
     # The editable install's link is gone, not what it pointed to.
     assert osp.isfile(osp.join(src, 'convmixer_mm', '__init__.py'))
