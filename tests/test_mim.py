@@ -55,7 +55,8 @@ def make_venv(env_dir: str, with_pip: bool) -> str:
     after its own, as ``--system-site-packages`` does for a base
     interpreter, also where this one runs in a virtualenv (Debian's
     ``.venv``). Returns its python."""
-    venv.create(env_dir, with_pip=with_pip)
+    # With pip from the registry, as install.sh makes .venv.
+    venv.create(env_dir, with_pip=with_pip, upgrade_deps=with_pip)
     python = osp.join(env_dir, 'bin', 'python')
     purelib = run(python, '-c', PURELIB, cwd=env_dir).strip()
     dirs = [f'site.addsitedir({d!r})' for d in site.getsitepackages()]
@@ -71,7 +72,9 @@ def installed(request, tmp_path_factory):
     env_dir = str(tmp_path_factory.mktemp(f'venv_{request.param}'))
     python = make_venv(env_dir, with_pip=request.param == 'editable')
     # A copy: installing writes convmixer_mm/.mim and egg-info in the tree.
-    src = osp.join(env_dir, 'src')
+    # Outside the virtualenv, as a checkout is.
+    src = str(tmp_path_factory.mktemp(f'src_{request.param}'))
+    os.rmdir(src)
     shutil.copytree(ROOT,
                     src,
                     ignore=shutil.ignore_patterns('.git', '.mim', '*.egg-info',

@@ -38,8 +38,11 @@ if [ "$PYTHON" = "$PWD/.venv/bin/python" ] && [ ! -x "$PYTHON" ]; then
     if ! python3 -c 'import ensurepip' 2>/dev/null; then
         step 'apt: python3-venv' apt_install python3-venv
     fi
+    # --upgrade-deps: pip from the registry. Debian's own pip (23.0.1)
+    # resolves the link that the mim step makes and, finding it outside the
+    # virtualenv, would leave it behind on `pip uninstall`.
     step 'virtualenv .venv (PEP 668: not into the system python3)' \
-        python3 -m venv .venv
+        python3 -m venv --upgrade-deps .venv
 fi
 
 # torch and torchvision come from the registry as a pair; pinning torch to a
@@ -65,13 +68,16 @@ import sys
 
 dist = importlib.metadata.distribution('convmixer_mm')
 link = str(dist.locate_file('convmixer_mm'))
-if os.path.lexists(link):
-    print(f'[install] {link} exists')
+if os.path.exists(link) and not os.path.islink(link):
+    print(f'[install] {link} is the package')  # a wheel, or `develop`
 else:
+    if os.path.islink(link):  # left by a pip that would not remove it
+        os.remove(link)
     os.symlink(sys.argv[1], link)
     record, = (f for f in dist.files if f.name == 'RECORD')
-    with open(record.locate(), 'a', encoding='utf-8') as f:
-        f.write('convmixer_mm,,\n')
+    if 'convmixer_mm' not in (f.as_posix() for f in dist.files):
+        with open(record.locate(), 'a', encoding='utf-8') as f:
+            f.write('convmixer_mm,,\n')
     print(f'[install] {link} -> {sys.argv[1]}')
 PY
 }
