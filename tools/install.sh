@@ -38,11 +38,8 @@ if [ "$PYTHON" = "$PWD/.venv/bin/python" ] && [ ! -x "$PYTHON" ]; then
     if ! python3 -c 'import ensurepip' 2>/dev/null; then
         step 'apt: python3-venv' apt_install python3-venv
     fi
-    # --upgrade-deps: pip from the registry. Debian's own pip (23.0.1)
-    # resolves the link that the mim step makes and, finding it outside the
-    # virtualenv, would leave it behind on `pip uninstall`.
     step 'virtualenv .venv (PEP 668: not into the system python3)' \
-        python3 -m venv --upgrade-deps .venv
+        python3 -m venv .venv
 fi
 
 # torch and torchvision come from the registry as a pair; pinning torch to a
@@ -58,7 +55,9 @@ step "pip: convmixer_mm and its requirements into $PYTHON" pip_install
 # tools) beside the package's metadata, in site-packages, where pip's
 # editable install (PEP 660) leaves only an import hook. Link the checkout's
 # package there, as a symlink install does, and list the link in the
-# install's RECORD so that `pip uninstall` removes it (not its target).
+# install's RECORD so that `pip uninstall` removes it (not its target);
+# Debian's own pip (23.0.1, in .venv) leaves it, and a new install here
+# replaces it.
 mim_link() {
     # -I: not the metadata that the build left in the checkout (cwd).
     "$PYTHON" -I - "$PWD/convmixer_mm" <<'PY'
