@@ -40,12 +40,14 @@ def _forward(x: torch.Tensor, residual: Optional[torch.Tensor],
     x = x.contiguous(memory_format=cl)
     if residual is not None:
         residual = residual.contiguous(memory_format=cl)
+    # Locals: a temporary would be freed before the C call reads it.
+    weight, bias = weight.contiguous(), bias.contiguous()
     y = torch.empty_like(x, memory_format=cl)
     mean = x.new_empty(x.shape[1])
     var = x.new_empty(x.shape[1])
     if _kernel('act_bn_forward', x.dtype)(
-            _ptr(x), _ptr(residual), _ptr(weight.contiguous()),
-            _ptr(bias.contiguous()), ctypes.c_double(eps),
+            _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias),
+            ctypes.c_double(eps),
             ctypes.c_int(BLOCK_ACTS[act]), _ptr(y), _ptr(mean), _ptr(var),
             *_rows(x), ctypes.c_int(torch.get_num_threads())):
         raise MemoryError('act_bn_forward: out of memory')
@@ -67,12 +69,13 @@ def _backward_op(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
     ``bias``."""
     grad = grad.contiguous(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
+    weight = weight.contiguous()
     grad_x = torch.empty_like(x, memory_format=torch.channels_last)
     grad_w, grad_b = weight.new_empty(weight.shape), weight.new_empty(
         weight.shape)
     if _kernel('act_bn_backward', x.dtype)(
-            _ptr(grad), _ptr(x), _ptr(mean), _ptr(var),
-            _ptr(weight.contiguous()), ctypes.c_double(eps),
+            _ptr(grad), _ptr(x), _ptr(mean), _ptr(var), _ptr(weight),
+            ctypes.c_double(eps),
             ctypes.c_int(BLOCK_ACTS[act]), _ptr(grad_x), _ptr(grad_w),
             _ptr(grad_b), *_rows(x), ctypes.c_int(torch.get_num_threads())):
         raise MemoryError('act_bn_backward: out of memory')
