@@ -245,16 +245,14 @@ DW_INLINE void DW_NAME(block_pack)(V *xp, const dw_args *a, long b,
   }
 }
 
-/* Output pixels [ow, ow + NO) of row oh of the block: y = x + os * act(bias
- * + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj]), stored at element o
- * of out onwards. A kernel row's weights stay in registers, and each
- * input vector is loaded once per kernel row for the up to K accumulators
- * it feeds. */
-DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
-                                     long o, const dw_args *a, long oh,
-                                     long ow, long n, long wp, const int K,
-                                     const int NO, const int bf16) {
-  V acc[NO], wr[K];
+/* acc[i] = bias + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + i + kj] for
+ * i < NO. A kernel row's weights stay in registers, and each input vector
+ * is loaded once per kernel row for the up to K accumulators it feeds (not
+ * once per tap). */
+DW_INLINE void DW_NAME(conv_pixels)(const V *xp, const V *wk, V bias,
+                                    long oh, long ow, long wp, const int K,
+                                    const int NO, V *acc) {
+  V wr[K];
 #pragma GCC unroll 16
   for (int i = 0; i < NO; ++i) acc[i] = bias;
   for (int ki = 0; ki < K; ++ki) {
@@ -269,6 +267,17 @@ DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
         if (j - i >= 0 && j - i < K) acc[i] += wr[j - i] * x;
     }
   }
+}
+
+/* Output pixels [ow, ow + NO) of row oh of the block: y = x + os * act(bias
+ * + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj]), stored at element o
+ * of out onwards. */
+DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
+                                     long o, const dw_args *a, long oh,
+                                     long ow, long n, long wp, const int K,
+                                     const int NO, const int bf16) {
+  V acc[NO];
+  DW_NAME(conv_pixels)(xp, wk, bias, oh, ow, wp, K, NO, acc);
   const V *x = xp + (oh + a->pad_top) * wp + ow + a->pad_left;
   for (int i = 0; i < NO; ++i) {
     const V h = a->act == 2 ? DW_NAME(gelu)(acc[i])
@@ -349,28 +358,13 @@ static void DW_NAME(block_item_bf16)(const void *p, long item) {
 }
 
 /* Outputs [ow, ow + NO) of row oh: out = bias + sum_{ki, kj} wk[ki, kj]
- * * xp[oh + ki, ow + kj]. A kernel row's weights stay in registers and
- * each input vector is loaded once per kernel row, for the up to K
- * accumulators it feeds (not once per tap). */
+ * * xp[oh + ki, ow + kj]. */
 DW_INLINE void DW_NAME(fwd_pixels)(const V *xp, const V *wk, V bias,
                                    DW_T *out, const dw_args *a, long oh,
                                    long ow, long n, long wp, const int K,
                                    const int NO) {
-  V acc[NO], wr[K];
-#pragma GCC unroll 16
-  for (int o = 0; o < NO; ++o) acc[o] = bias;
-  for (int ki = 0; ki < K; ++ki) {
-    const V *r = xp + (oh + ki) * wp + ow;
-#pragma GCC unroll 16
-    for (int kj = 0; kj < K; ++kj) wr[kj] = wk[ki * K + kj];
-#pragma GCC unroll 32
-    for (int j = 0; j < NO + K - 1; ++j) {
-      const V x = r[j];
-#pragma GCC unroll 16
-      for (int o = 0; o < NO; ++o)
-        if (j - o >= 0 && j - o < K) acc[o] += wr[j - o] * x;
-    }
-  }
+  V acc[NO];
+  DW_NAME(conv_pixels)(xp, wk, bias, oh, ow, wp, K, NO, acc);
   DW_T *dst = out + (oh * a->W + ow) * a->C;
   for (int o = 0; o < NO; ++o) DW_NAME(store)(dst + o * a->C, acc[o], n);
 }
