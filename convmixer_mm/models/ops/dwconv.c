@@ -113,8 +113,22 @@ DW_INLINE void DW_NAME(pack)(V *buf, const DW_T *img, const dw_args *a,
              img + (h * a->W + w) * a->C + c0, n * sizeof(DW_T));
 }
 
+/* Loads and stores n <= VLEN values: a whole vector is one vector move
+ * (a constant size), a partial one a libc call. */
+DW_INLINE V DW_NAME(load)(const DW_T *p, long n) {
+  V v = {0};
+  if (n == VLEN)
+    memcpy(&v, p, sizeof(V));
+  else
+    memcpy(&v, p, n * sizeof(DW_T));
+  return v;
+}
+
 DW_INLINE void DW_NAME(store)(DW_T *dst, V v, long n) {
-  memcpy(dst, &v, n * sizeof(DW_T));
+  if (n == VLEN)
+    memcpy(dst, &v, sizeof(V));
+  else
+    memcpy(dst, &v, n * sizeof(DW_T));
 }
 
 typedef DW_I DW_NAME(ivec) __attribute__((vector_size(DW_VBYTES)));
@@ -204,12 +218,7 @@ DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n,
            (n == VLEN ? VLEN : n) * sizeof(short));
     return DW_NAME(from_bf16)(h);
   }
-  V v = {0};
-  if (n == VLEN)
-    memcpy(&v, (const DW_T *)p + i, sizeof(V));
-  else
-    memcpy(&v, (const DW_T *)p + i, n * sizeof(DW_T));
-  return v;
+  return DW_NAME(load)((const DW_T *)p + i, n);
 }
 
 DW_INLINE void DW_NAME(block_store)(void *p, long i, V v, long n,
@@ -218,10 +227,8 @@ DW_INLINE void DW_NAME(block_store)(void *p, long i, V v, long n,
     const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
     memcpy((unsigned short *)p + i, &h,
            (n == VLEN ? VLEN : n) * sizeof(short));
-  } else if (n == VLEN) {
-    memcpy((DW_T *)p + i, &v, sizeof(V));
   } else {
-    memcpy((DW_T *)p + i, &v, n * sizeof(DW_T));
+    DW_NAME(store)((DW_T *)p + i, v, n);
   }
 }
 
@@ -539,23 +546,6 @@ typedef struct {
   int act;
 } DW_NAME(ab_args);
 
-/* Loads and stores n <= VLEN values; whole vectors without a call. */
-DW_INLINE V DW_NAME(load)(const DW_T *p, long n) {
-  V v = {0};
-  if (n == VLEN)
-    memcpy(&v, p, sizeof(V));
-  else
-    memcpy(&v, p, n * sizeof(DW_T));
-  return v;
-}
-
-DW_INLINE void DW_NAME(ab_store)(DW_T *p, V v, long n) {
-  if (n == VLEN)
-    memcpy(p, &v, sizeof(V));
-  else
-    memcpy(p, &v, n * sizeof(DW_T));
-}
-
 /* act(x), 1 = ReLU, 2 = exact GELU. */
 DW_INLINE V DW_NAME(act)(V x, int act) {
   return act == 2 ? DW_NAME(gelu)(x) : DW_NAME(select)(x > 0, x, (V){0});
@@ -617,7 +607,7 @@ static void DW_NAME(ab_fwd_norm)(const void *p, long item) {
                 DW_NAME(load)(g->s + c, n) +
             DW_NAME(load)(g->t + c, n);
       if (g->res) v += DW_NAME(load)(g->res + r * C + c, n);
-      DW_NAME(ab_store)(g->y + r * C + c, v, n);
+      DW_NAME(store)(g->y + r * C + c, v, n);
     }
 }
 
@@ -635,7 +625,7 @@ static void DW_NAME(ab_bwd_input)(const void *p, long item) {
       const V v = DW_NAME(load)(g->go + r * C + c, n) *
                       DW_NAME(load)(g->s + c, n) +
                   a * DW_NAME(load)(g->t + c, n) + DW_NAME(load)(g->d + c, n);
-      DW_NAME(ab_store)(g->gx + r * C + c, v * dx, n);
+      DW_NAME(store)(g->gx + r * C + c, v * dx, n);
     }
 }
 
@@ -658,6 +648,21 @@ static void DW_NAME(ab_sums)(DW_NAME(ab_args) *g, int nthreads,
     }
 }
 
+/* The scratch of act_bn_forward/backward: g->part for the row blocks'
+ * partial sums followed by the two C-long totals, and three C-vectors
+ * (returned). NULL, with nothing held, when out of memory. */
+static DW_T *DW_NAME(ab_scratch)(DW_NAME(ab_args) *g) {
+  const long blocks = (g->N + g->rows - 1) / g->rows;
+  g->part = malloc((blocks * 2 + 2) * g->C * sizeof(double));
+  DW_T *vecs = malloc(3 * g->C * sizeof(DW_T));
+  if (!g->part || !vecs) {
+    free(g->part);
+    free(vecs);
+    return NULL;
+  }
+  return vecs;
+}
+
 /* Training-mode res + BN(act(x)) over (N, C) rows, act 1 = ReLU, 2 = GELU.
  * Writes y and the batch mean and biased variance (C). res may be NULL.
  * Returns 1 when out of memory. */
@@ -666,21 +671,17 @@ int DW_NAME(act_bn_forward)(const DW_T *x, const DW_T *res,
                             int act, DW_T *y, DW_T *mean, DW_T *var, long N,
                             long C, int nthreads) {
   const long rows = DW_NAME(ab_rows)(N), blocks = (N + rows - 1) / rows;
-  double *part = malloc((blocks * 2 + 2) * C * sizeof(double));
-  DW_T *shift = malloc(3 * C * sizeof(DW_T));
-  if (!part || !shift) {
-    free(part);
-    free(shift);
-    return 1;
-  }
+  DW_NAME(ab_args) g = {x, res, NULL, NULL, NULL, NULL, NULL, y, NULL,
+                        NULL, N, C, rows, act};
+  DW_T *shift = DW_NAME(ab_scratch)(&g);
+  if (!shift) return 1;
   DW_T *s = shift + C, *t = s + C;
-  double *s1 = part + blocks * 2 * C, *s2 = s1 + C;
+  double *s1 = g.part + blocks * 2 * C, *s2 = s1 + C;
+  g.shift = shift, g.s = s, g.t = t;
   for (long c = 0; c < C; c += VLEN) {
     const long n = C - c < VLEN ? C - c : VLEN;
-    DW_NAME(ab_store)(shift + c, DW_NAME(act)(DW_NAME(load)(x + c, n), act), n);
+    DW_NAME(store)(shift + c, DW_NAME(act)(DW_NAME(load)(x + c, n), act), n);
   }
-  DW_NAME(ab_args) g = {x, res, NULL, shift, s, t, NULL, y, NULL,
-                        part, N, C, rows, act};
   DW_NAME(ab_sums)(&g, nthreads, s1, s2);
   for (long c = 0; c < C; ++c) {
     const double d = s1[c] / N, v = s2[c] / N - d * d;
@@ -692,7 +693,7 @@ int DW_NAME(act_bn_forward)(const DW_T *x, const DW_T *res,
     t[c] = (DW_T)((beta ? beta[c] : 0) - m * sc);
   }
   dw_parallel_for(DW_NAME(ab_fwd_norm), &g, blocks, nthreads);
-  free(part);
+  free(g.part);
   free(shift);
   return 0;
 }
@@ -705,17 +706,13 @@ int DW_NAME(act_bn_backward)(const DW_T *go, const DW_T *x, const DW_T *mean,
                              int act, DW_T *gx, DW_T *gw, DW_T *gb, long N,
                              long C, int nthreads) {
   const long rows = DW_NAME(ab_rows)(N), blocks = (N + rows - 1) / rows;
-  double *part = malloc((blocks * 2 + 2) * C * sizeof(double));
-  DW_T *s = malloc(3 * C * sizeof(DW_T));
-  if (!part || !s) {
-    free(part);
-    free(s);
-    return 1;
-  }
+  DW_NAME(ab_args) g = {x, NULL, go, mean, NULL, NULL, NULL, NULL, gx,
+                        NULL, N, C, rows, act};
+  DW_T *s = DW_NAME(ab_scratch)(&g);
+  if (!s) return 1;
   DW_T *t = s + C, *d = t + C;
-  double *s1 = part + blocks * 2 * C, *s2 = s1 + C;
-  DW_NAME(ab_args) g = {x, NULL, go, mean, s, t, d, NULL, gx,
-                        part, N, C, rows, act};
+  double *s1 = g.part + blocks * 2 * C, *s2 = s1 + C;
+  g.s = s, g.t = t, g.d = d;
   DW_NAME(ab_sums)(&g, nthreads, s1, s2);
   for (long c = 0; c < C; ++c) {
     /* dL/da = A (g - mean(g)) - A rstd^2 (a - mean) mean(g (a - mean)),
@@ -730,7 +727,7 @@ int DW_NAME(act_bn_backward)(const DW_T *go, const DW_T *x, const DW_T *mean,
     if (gb) gb[c] = (DW_T)s1[c];
   }
   dw_parallel_for(DW_NAME(ab_bwd_input), &g, blocks, nthreads);
-  free(part);
+  free(g.part);
   free(s);
   return 0;
 }
