@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .dwconv import BLOCK_ACTS, _library, _ptr, kernel_available
+from .dwconv import BLOCK_ACTS, _library, _ptr, kernel_applies
 
 
 def _rows(x: torch.Tensor) -> Tuple[ctypes.c_long, ctypes.c_long]:
@@ -126,13 +126,8 @@ def applies(x: torch.Tensor, act: nn.Module, bn: nn.Module) -> bool:
     and TorchScript, with the kernel built."""
     return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine
             and bn.track_running_stats and _act_name(act) is not None
-            and x.device.type == 'cpu' and x.dim() == 4
-            and x.dtype in (torch.float32, torch.float64)
-            and bn.weight.dtype == x.dtype and x.numel() > x.shape[1]
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.is_autocast_enabled('cpu')
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export() and kernel_available())
+            and kernel_applies(x, bn.weight) and x.numel() > x.shape[1]
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def act_bn(x: torch.Tensor,

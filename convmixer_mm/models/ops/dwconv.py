@@ -74,27 +74,24 @@ def _flag_sets() -> Tuple[Tuple[str, ...], ...]:
     return CFLAGS,
 
 
-def _build(compiler: str, path: str) -> None:
-    """Compile to a private file and rename it into place, atomically."""
+def _build(compiler: str, path: str,
+           flag_sets: Tuple[Tuple[str, ...], ...]) -> None:
+    """Compile with the first flags that work (e.g. a compiler may lack
+    OpenMP) to a private file and rename it into place, atomically."""
     fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=osp.dirname(path))
     os.close(fd)
     try:
-        *better, last = _flag_sets()
-        for flags in better:
-            try:  # e.g. no libgomp to link
+        for i, flags in enumerate(flag_sets):
+            try:
                 subprocess.run([compiler, *flags, SOURCE, '-o', tmp],
                                check=True,
                                capture_output=True,
+                               text=True,
                                timeout=300)
                 break
             except subprocess.CalledProcessError:
-                pass
-        else:
-            subprocess.run([compiler, *last, SOURCE, '-o', tmp],
-                           check=True,
-                           capture_output=True,
-                           text=True,
-                           timeout=300)
+                if i == len(flag_sets) - 1:
+                    raise
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
@@ -107,8 +104,9 @@ def _library() -> Optional[ctypes.CDLL]:
     compiler = os.environ.get('CC', 'cc')
     with open(SOURCE, 'rb') as f:
         source = f.read()
+    flag_sets = _flag_sets()
     key = hashlib.sha256(b'\0'.join(
-        [source, compiler.encode(), repr(_flag_sets()).encode(),
+        [source, compiler.encode(), repr(flag_sets).encode(),
          _cpu_id().encode()])).hexdigest()[:16]
     path = osp.join(kernel_dir(), f'dwconv_{key}.so')
     try:
@@ -121,7 +119,7 @@ def _library() -> Optional[ctypes.CDLL]:
                 'compiling the depthwise conv kernel with '
                 f'{compiler} (one-time, cached in {kernel_dir()})',
                 logger='current')
-            _build(compiler, path)
+            _build(compiler, path, flag_sets)
         return ctypes.CDLL(path)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, 'stderr', None) or e
@@ -233,7 +231,10 @@ def _grad_weight_flops(grad_shape, x_shape, kernel_size, *args,
     return 2 * math.prod(x_shape) * kernel_size**2
 
 
-def _use_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the C training kernels run on ``x`` with ``weight``: a
+    float32 or float64 4-D CPU tensor of the weight's dtype, outside
+    autocast, exports and TorchScript, with the kernel built."""
     return (x.device.type == 'cpu' and x.dim() == 4
             and x.dtype in _FUNCTIONS and weight.dtype == x.dtype
             and not torch.is_autocast_enabled('cpu')
@@ -328,7 +329,7 @@ class DepthwiseConv2d(nn.Conv2d):
         self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.fast and _use_kernel(x, self.weight)):
+        if not (self.fast and kernel_applies(x, self.weight)):
             return super().forward(x)
         cl = torch.channels_last
         # 'same' pads (K - 1) // 2 on the top and left, the rest after.
