@@ -41,15 +41,13 @@ def _read(path: str, ndim: int) -> np.ndarray:
 
 @DATASETS.register_module()
 class FashionMNISTIDX(FashionMNIST):
-    """mmpretrain's ``FashionMNIST`` that reads the IDX files as Debian's
+    """mmpretrain's ``FashionMNIST`` reading the IDX files as Debian's
     ``dataset-fashion-mnist`` installs them (gzip-compressed, in
-    ``/usr/share/datasets/fashion-mnist``) and never downloads unless
-    asked.
+    ``/usr/share/datasets/fashion-mnist``), never downloading unless asked.
 
-    Each sample is a 28x28 uint8 grayscale ``img`` and its ``gt_label``;
-    mmengine's ``indices`` takes a subset. mmpretrain's class wants the
-    files uncompressed and picks the split from ``test_mode``; this one
-    reads either form and follows ``split``.
+    mmpretrain's class wants the files uncompressed and picks the split
+    from ``test_mode``; this one reads either form and follows ``split``.
+    Each sample is a 28x28 uint8 grayscale ``img`` and its ``gt_label``.
 
     Args:
         data_root (str): Directory of ``{train,t10k}-{images-idx3,
@@ -57,10 +55,9 @@ class FashionMNISTIDX(FashionMNIST):
             Defaults to ``'/usr/share/datasets/fashion-mnist'``.
         split (str): ``'train'`` (60,000 images) or ``'test'`` (10,000).
             Defaults to ``'train'``.
-        download (bool): When the files are missing, download them into
-            ``data_root`` with mmpretrain (online only). Defaults to False.
-        **kwargs: Other arguments of ``BaseDataset`` (``pipeline``,
-            ``indices``, ``test_mode``, ``lazy_init``, ...).
+        download (bool): Download missing files into ``data_root`` with
+            mmpretrain (online only). Defaults to False.
+        **kwargs: Other arguments of ``BaseDataset`` (``indices``, ...).
 
     Example:
         >>> from convmixer_mm.datasets import FashionMNISTIDX

@@ -10,15 +10,8 @@ from mmpretrain.registry import TRANSFORMS
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     """Convert a gray, gray+alpha, BGR or BGRA uint8 image to ``channels``.
 
-    Alpha is composited on white, so a transparent background reads as a
-    white one (not as whatever colour the transparent pixels hold).
-
-    Args:
-        img (np.ndarray): ``(H, W)`` or ``(H, W, C)`` with C in 1..4.
-        channels (int): 1 for ``(H, W)`` gray, 3 for ``(H, W, 3)`` BGR.
-
-    Returns:
-        np.ndarray: The image, unchanged if it already fits.
+    ``channels`` is 1 for ``(H, W)`` gray or 3 for ``(H, W, 3)`` BGR. Alpha
+    is composited on white, so a transparent background reads as white.
     """
     if img.ndim == 3 and img.shape[2] in (2, 4):
         alpha = img[..., -1:].astype(np.float32) / 255
@@ -35,15 +28,9 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
 
 @TRANSFORMS.register_module()
 class ToChannels(BaseTransform):
-    """Convert ``results['img']`` with :func:`to_channels`.
-
-    Test pipelines start with it, so that a grayscale, colour or
-    transparent image, a file or an array, reaches the model with the
-    channels it was trained on.
-
-    Args:
-        channels (int): 1 (gray) or 3 (BGR). Defaults to 3.
-    """
+    """Convert ``results['img']`` to ``channels`` (1 gray or 3 BGR, the
+    default) with :func:`to_channels`: test pipelines start with it, so
+    any image reaches the model with the channels it was trained on."""
 
     def __init__(self, channels: int = 3) -> None:
         if channels not in (1, 3):

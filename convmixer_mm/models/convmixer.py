@@ -81,28 +81,23 @@ class ConvMixerMM(BaseBackbone):
             ``ConvMixer`` does: 0 freezes nothing. Defaults to 0.
         freeze_stem (bool): Freeze the patch embedding (``stem``) too,
             which ``frozen_stages`` never does. Defaults to False.
-        drop_path_rate (float): Stochastic depth rate on the residual
-            branches, increasing linearly with depth. Defaults to 0, as in
-            the paper.
-        with_cp (bool): Use gradient checkpointing on each block to save
-            memory. Outputs, gradients and BN statistics are unchanged.
-            Defaults to False.
+        drop_path_rate (float): Stochastic depth rate of the residual
+            branches, rising linearly with depth. Defaults to 0.
+        with_cp (bool): Checkpoint each block to save memory (same outputs,
+            gradients and BN statistics). Defaults to False.
         fast_dwconv (bool): Run the depthwise convs with the C kernel of
             :class:`~convmixer_mm.models.ops.DepthwiseConv2d` where it
-            applies (fp32 and fp64 on CPU; training steps about twice as
-            fast). Results match ``nn.Conv2d`` to float rounding, and the
-            state dict is the same either way. Defaults to True.
-        fuse_eval (bool): In eval mode without gradients (testing,
-            validation, inference), run fused copies of the layers (see
-            :mod:`convmixer_mm.models.fused`): the same outputs to float
-            rounding, about 1.4x faster on CPU. The copies are rebuilt
-            whenever a weight or BN statistic changes; parameters and the
-            state dict are untouched. Layers that cannot be fused (even
-            kernels, other activations or norms) run as they are.
+            applies (fp32/fp64 on CPU). Defaults to True.
+        fuse_train (bool): In training mode, run each act + BN (+ residual
+            sum) as one op (:func:`~convmixer_mm.models.ops.act_bn.act_bn`).
             Defaults to True.
-        init_cfg (dict | list[dict], optional): Initialization config.
-            Defaults to None, PyTorch's default init as in the official
-            code.
+        fuse_eval (bool): In eval mode without gradients, run fused copies
+            of the layers (:mod:`convmixer_mm.models.fused`), rebuilt
+            whenever a weight or BN statistic changes. Defaults to True.
+            All three give the modules' results to float rounding and leave
+            the state dict unchanged; layers they do not cover run as usual.
+        init_cfg (dict | list[dict], optional): Defaults to None,
+            PyTorch's default init as in the official code.
 
     Example:
         >>> import torch

@@ -1,10 +1,8 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""In-place inference fusion.
+"""In-place inference fusion, for an inference-only model.
 
-:func:`fuse_convmixer` replaces the backbone's modules by the fused ones of
-:mod:`.fused` for good. The backbone's ``fuse_eval``, on by default, runs
-the same fused layers without replacing anything; this remains for code
-that wants an inference-only model.
+The backbone's ``fuse_eval`` (default) runs the same fused layers of
+:mod:`.fused` without replacing any module.
 """
 import types
 
@@ -27,20 +25,11 @@ def _check_block(block: nn.Module) -> None:
 
 @torch.no_grad()
 def fuse_convmixer(model: nn.Module) -> nn.Module:
-    """Fuse every ``ConvMixerMM`` in ``model`` for inference, in place.
+    """Fuse every ``ConvMixerMM`` in the eval-mode ``model`` (a backbone
+    or e.g. an ``ImageClassifier``) for inference, in place; returns it.
 
-    The model must be in eval mode: the fused blocks use BN's running
-    statistics and cannot be trained. Outputs match the unfused model to
-    float rounding (``tests/test_fast_paths.py`` checks fp32 to 1e-4
-    relative). Works with contiguous and channels_last input; channels_last
-    is faster on CPU.
-
-    Args:
-        model (nn.Module): A ``ConvMixerMM`` or any model containing one,
-            e.g. an ``ImageClassifier``.
-
-    Returns:
-        nn.Module: ``model``, with its ConvMixer stems and blocks replaced.
+    The fused blocks use BN's running statistics and cannot be trained.
+    Outputs match the unfused model to float rounding.
 
     Example:
         >>> import torch

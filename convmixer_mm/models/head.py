@@ -17,18 +17,15 @@ class ConvMixerClsHead(ClsHead):
     ``ImageClassifier`` needs no neck and the keys are ``head.fc.*``. Loss,
     label smoothing and Mixup/CutMix soft targets come from ``ClsHead``.
 
-    It also stands in for ``LinearClsHead`` after a ``GlobalAveragePooling``
-    neck: pooled ``(B, C)`` features pass through ``pre_logits`` unchanged.
-    The one difference from ``LinearClsHead`` is deliberate: given a
-    ``(B, C, H, W)`` map, ``pre_logits`` returns its pooled ``(B, C)``
-    vector, not the input itself.
+    After a ``GlobalAveragePooling`` neck it stands in for
+    ``LinearClsHead``: pooled ``(B, C)`` features pass through unchanged.
 
     Args:
         num_classes (int): Number of categories.
         in_channels (int): Channels of the backbone's last feature map.
         dropout (float): Dropout before ``fc``. Defaults to 0.
-        init_cfg (dict, optional): Initialization config. Defaults to None,
-            PyTorch's default ``nn.Linear`` init as in the official code.
+        init_cfg (dict, optional): Defaults to None, PyTorch's default
+            ``nn.Linear`` init as in the official code.
         **kwargs: ``loss``, ``topk`` and ``cal_acc`` of ``ClsHead``.
 
     Example:
