@@ -1,20 +1,20 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Side-by-side speed and memory benchmark of ConvMixer implementations.
 
-Our ``ConvMixerMM``, mmpretrain's built-in ``ConvMixer`` and timm's
-``ConvMixer`` are built with one architecture, given identical weights and
-fed identical inputs. Candidates are timed interleaved (round ``r`` starts
-at candidate ``r mod n``), after warm-up, and reported as medians, so that
-load from other processes hits every candidate alike. A GEMM of the model's
-1x1-conv shape is timed in the same loop: achieved GFLOP/s divided by its
-rate is the roofline fraction.
+Our ``ConvMixerMM``, mmpretrain's built-in ``ConvMixer`` and timm's are
+built with one architecture, given identical weights and fed identical
+inputs. Candidates are timed interleaved (round ``r`` starts at candidate
+``r mod n``), after warm-up, and reported as medians, so that load from
+other processes hits every candidate alike. A GEMM of the model's 1x1-conv
+shape is timed in the same loop: achieved GFLOP/s divided by its rate is
+the roofline fraction.
 
-A candidate is named by a spec ``impl[+cl][+fuse][+compile][+cp][+dtype]``:
-``impl`` is ``ours``, ``mmpretrain`` or ``timm``; ``cl`` runs model and data
+A candidate spec is ``impl[+cl][+fuse][+compile][+cp][+dtype]``: ``impl``
+is ``ours``, ``mmpretrain`` or ``timm``; ``cl`` runs model and data
 channels_last; ``fuse`` applies :func:`convmixer_mm.models.fuse_convmixer`
 (ours, inference only); ``compile`` wraps the model in ``torch.compile``;
-``cp`` turns on gradient checkpointing (``with_cp``); ``bf16`` or ``fp16``
-runs it under autocast instead of the run's default dtype.
+``cp`` turns on ``with_cp`` (ours); ``bf16`` or ``fp16`` runs it under
+autocast instead of the run's ``--dtype``.
 """
 import argparse
 import contextlib
@@ -23,13 +23,12 @@ import functools
 import gc
 import importlib.util
 import json
-import math
 import os
 import os.path as osp
 import platform
 import statistics
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
+from typing import Callable, Dict, Hashable, List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -45,15 +44,15 @@ from .benchmark_report import format_markdown, update_readme
 IMPLS = ('ours', 'mmpretrain', 'timm')
 FLAGS = ('cl', 'fuse', 'compile', 'cp')
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
-#: What a report keeps of the settings (``settings`` in the JSON).
+#: The settings a report keeps (its ``settings``).
 SETTINGS = ('arch', 'act', 'in_channels', 'num_classes', 'batch_size',
             'img_size', 'device', 'dtype', 'candidates', 'modes', 'warmup',
             'rounds', 'memory', 'profile', 'threads', 'seed')
-Progress = Callable[[str], object]
+Step = Callable[[], object]
 
 
 class CandidateSpec(NamedTuple):
-    """One implementation with its fast-path switches."""
+    """A parsed candidate spec."""
     impl: str
     flags: frozenset
     dtype: Optional[str]
@@ -87,8 +86,8 @@ class CandidateSpec(NamedTuple):
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """The settings of a run (every field of :data:`SETTINGS`), or with
-    ``--readme`` the README and its ``reports``."""
+    """The settings of a run (every name in :data:`SETTINGS`), or with
+    ``--readme`` the README and the ``reports``."""
     parser = argparse.ArgumentParser(
         description='Time ConvMixer inference and training steps against '
         "mmpretrain's and timm's, interleaved, with identical weights.")
@@ -215,18 +214,17 @@ def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-def make_step(spec: CandidateSpec, s: argparse.Namespace,
-              state: Dict[str, torch.Tensor], mode: str, x: torch.Tensor,
-              labels: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """One candidate with the weights ``state``: its inference (returning
-    the logits) or its training step (returning the loss) on ``x``."""
+def make_step(spec: CandidateSpec, s: argparse.Namespace, state: dict,
+              mode: str, x: torch.Tensor, labels: torch.Tensor) -> Step:
+    """A candidate given the weights ``state``: its inference on ``x``
+    (returning the logits) or its training step (returning the loss)."""
     model = build_model(s, spec.impl, 'cp' in spec.flags)
     if spec.impl == 'timm':
         model.load_state_dict(from_mm_layout(state, 'timm'))
         call = model
     else:
         load_weights(model, state)
-        call = lambda inputs: model(inputs, mode='tensor')  # noqa: E731
+        call = functools.partial(model, mode='tensor')
     layout = (torch.channels_last
               if 'cl' in spec.flags else torch.contiguous_format)
     model.to(s.device, memory_format=layout).train(mode == 'train')
@@ -238,29 +236,23 @@ def make_step(spec: CandidateSpec, s: argparse.Namespace,
     dtype = spec.dtype or s.dtype
     amp = (contextlib.nullcontext() if dtype == 'fp32' else
            torch.autocast(s.device, dtype=DTYPES[dtype]))
-    if mode == 'inference':
-
-        @torch.no_grad()
-        def infer() -> torch.Tensor:
-            with amp:
-                return call(x)
-
-        return infer
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def train_step() -> torch.Tensor:
-        with amp:
-            loss = F.cross_entropy(call(x).float(), labels)
+    def step() -> torch.Tensor:
+        with torch.set_grad_enabled(mode == 'train'), amp:
+            out = call(x)
+        if mode == 'inference':
+            return out
+        loss = F.cross_entropy(out.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
 
-    return train_step
+    return step
 
 
-def gemm_probes(s: argparse.Namespace,
-                dtype_name: str) -> Dict[str, Callable[[], object]]:
+def gemm_probes(s: argparse.Namespace, dtype_name: str) -> Dict[str, Step]:
     """The GEMM of the model's 1x1 conv, to time inside the same loop.
 
     Two libraries can run it: MKL through ``torch.mm`` and oneDNN through
@@ -291,12 +283,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_times(fns: Dict[str, Callable[[], object]],
-                      warmup: int,
-                      rounds: int,
-                      device: str,
-                      progress: Progress = lambda _: None
-                      ) -> Dict[str, List[float]]:
+def interleaved_times(fns: Dict[Hashable, Step], warmup: int, rounds: int,
+                      device: str, progress: Callable = lambda _: None
+                      ) -> Dict[Hashable, List[float]]:
     """Seconds per call of each function, the order rotating every round;
     ``progress`` is told each round."""
     names = list(fns)
@@ -304,8 +293,7 @@ def interleaved_times(fns: Dict[str, Callable[[], object]],
         progress(f'  warm-up {w + 1}/{warmup}')
         for name in names:
             fns[name]()
-    _sync(device)
-    times: Dict[str, List[float]] = {name: [] for name in names}
+    times: Dict[Hashable, List[float]] = {name: [] for name in names}
     for r in range(rounds):
         progress(f'  round {r + 1}/{rounds}')
         shift = r % len(names)
@@ -318,40 +306,43 @@ def interleaved_times(fns: Dict[str, Callable[[], object]],
     return times
 
 
-def _rss_kib(field_name: str) -> int:
+def _status_kib(field: str) -> int:
     with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field_name + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field_name} missing from /proc/self/status.')
+        return next(int(line.split()[1]) for line in f
+                    if line.startswith(field + ':'))
 
 
-@contextlib.contextmanager
-def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
-    """Yield a function returning peak RSS growth in bytes so far.
+def peak_memory(step: Step, device: str) -> int:
+    """Peak memory growth of one call of ``step``, in bytes: of
+    ``max_memory_allocated`` on CUDA, of the peak resident set on CPU.
 
     glibc keeps freed blocks of up to 32 MiB in its heap, which would hide
     the growth of a step that reuses them, so large blocks are forced to
-    ``mmap`` (returned on free) while tracking, and the peak RSS counter
+    ``mmap`` (returned on free) for the step, and the peak RSS counter
     (``VmHWM``) is reset through ``/proc/self/clear_refs``.
     """
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        libc = None
-    if libc is None or not os.path.exists('/proc/self/clear_refs'):
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    if not osp.exists('/proc/self/clear_refs'):
         raise RuntimeError('CPU peak memory needs Linux /proc and glibc: '
                            'pass --no-memory.')
+    libc = ctypes.CDLL('libc.so.6')
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 64 * 1024)
     libc.mallopt(m_trim_threshold, 128 * 1024)
     try:
-        gc.collect()
         libc.malloc_trim(0)
-        base = _rss_kib('VmRSS')
+        base = _status_kib('VmRSS')
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-        yield lambda: max(0, _rss_kib('VmHWM') - base) * 1024
+        step()
+        return max(0, _status_kib('VmHWM') - base) * 1024
     finally:
         # Fixing a threshold turns glibc's adaptation off for good; these
         # are the values it adapts to once large tensors have been freed,
@@ -360,25 +351,8 @@ def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
         libc.mallopt(m_trim_threshold, 64 * 2**20)
 
 
-def peak_memory(step: Callable[[], object], device: str) -> int:
-    """Peak memory growth of one call of ``step``, in bytes: of
-    ``max_memory_allocated`` on CUDA, of the peak resident set on CPU."""
-    if device == 'cuda':
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with _cpu_peak_tracking() as peak:
-        step()
-        return peak()
-
-
-def profile_ops(step: Callable[[], object], iters: int = 2,
-                top: int = 8) -> dict:
-    """``total_ms`` of self time per step and ``ops``: the costliest
+def profile_ops(step: Step, iters: int = 2, top: int = 8) -> dict:
+    """``total_ms`` of self CPU time per step and ``ops``: the costliest
     operators with their ``shapes``, ``calls`` and ``self_ms`` per step."""
     from torch.profiler import ProfilerActivity, profile
     step()
@@ -388,23 +362,20 @@ def profile_ops(step: Callable[[], object], iters: int = 2,
             step()
     events = prof.key_averages(group_by_input_shape=True)
     ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
-    return dict(
-        total_ms=sum(e.self_cpu_time_total for e in events) / 1e3 / iters,
-        ops=[
-            dict(
-                op=e.key,
-                shapes=str([list(s) for s in e.input_shapes if s][:2]),
-                calls=e.count // iters,
-                self_ms=e.self_cpu_time_total / 1e3 / iters) for e in ranked
-        ])
+    ops = [
+        dict(op=e.key, shapes=str([list(s) for s in e.input_shapes if s][:2]),
+             calls=e.count // iters,
+             self_ms=e.self_cpu_time_total / 1e3 / iters) for e in ranked
+    ]
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / iters
+    return dict(total_ms=total, ops=ops)
 
 
 def machine_description(device: str) -> str:
     """A line naming the machine, for the table and the README."""
     if device == 'cuda':
         return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    flags: List[str] = []
+    model, flags = platform.processor() or platform.machine(), []
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         for line in f:
             key, _, value = line.partition(':')
@@ -421,7 +392,7 @@ def machine_description(device: str) -> str:
 
 
 def run_benchmark(s: argparse.Namespace,
-                  progress: Progress = lambda _: None) -> dict:
+                  progress: Callable = lambda _: None) -> dict:
     """Build every candidate, time them interleaved and return a report.
 
     ``progress`` (e.g. ``print``) is told each step as it starts. The
@@ -452,8 +423,7 @@ def run_benchmark(s: argparse.Namespace,
 
     side = s.img_size // s.arch['patch_size']
     gemm_shape = [s.batch_size * side * side] + [s.arch['embed_dims']] * 2
-    gemm_flops = 2 * math.prod(gemm_shape)
-    probes = {}
+    probes: Dict[str, Step] = {}
     for dtype in sorted({spec.dtype or s.dtype for spec in specs}):
         probes.update(gemm_probes(s, dtype))
     report = dict(
@@ -463,52 +433,50 @@ def run_benchmark(s: argparse.Namespace,
         gemm_shape=gemm_shape,
         results={})
     for mode in s.modes:
-        # Fused models are inference-only.
-        kept = [spec for spec in specs
-                if mode == 'inference' or 'fuse' not in spec.flags]
         fns, diffs = {}, {}
-        for spec in kept:
+        for spec in specs:
+            if mode == 'train' and 'fuse' in spec.flags:
+                continue  # fused models are inference-only
             progress(f'{mode}: building and checking {spec.name}')
-            fns[spec.name] = make_step(spec, s, state, mode, x, labels)
+            fns[spec] = make_step(spec, s, state, mode, x, labels)
             if mode == 'inference':
-                diffs[spec.name] = (fns[spec.name]().float() -
-                                    ref_out).abs().max().item()
-        names = list(fns)  # the candidates, before the probes
-        fns.update(probes)
-        progress(f'{mode}: timing {", ".join(names)} and the GEMM probes')
-        times = interleaved_times(fns, s.warmup, s.rounds, s.device,
-                                  progress)
-        gemm = {n: gemm_flops / statistics.median(times[n]) / 1e9
-                for n in probes}
+                diffs[spec] = (fns[spec]().float() - ref_out).abs().max()
+        cands = list(fns)
+        progress(f'{mode}: timing {", ".join(c.name for c in cands)} and '
+                 'the GEMM probes')
+        times = interleaved_times({**fns, **probes}, s.warmup, s.rounds,
+                                  s.device, progress)
+        gemm_gflop = 2 * gemm_shape[0] * gemm_shape[1] * gemm_shape[2] / 1e9
         result = report['results'][mode] = dict(
-            gemm=gemm,
-            gemm_best={n: gemm_flops / min(times[n]) / 1e9 for n in probes},
+            gemm={n: gemm_gflop / statistics.median(times[n])
+                  for n in probes},
+            gemm_best={n: gemm_gflop / min(times[n]) for n in probes},
             candidates={})
         # A training step is a forward and a backward, the latter with
         # twice the forward's MACs (input and weight gradients).
-        flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
-        for spec in kept:
-            name, dtype = spec.name, spec.dtype or s.dtype
-            ips = s.batch_size / statistics.median(times[name])
-            gflops = flops_per_image * ips / 1e9
-            row = result['candidates'][name] = dict(
+        gflop = 2 * macs * (3 if mode == 'train' else 1) / 1e9
+        for spec in cands:
+            dtype = spec.dtype or s.dtype
+            median = statistics.median(times[spec])
+            ips = s.batch_size / median
+            rates = [v for k, v in result['gemm'].items()
+                     if k.endswith(':' + dtype)]
+            row = result['candidates'][spec.name] = dict(
                 dtype=dtype,
-                median_s=statistics.median(times[name]),
-                times_s=times[name],
+                median_s=median,
+                times_s=times[spec],
                 img_per_s=ips,
-                best_img_per_s=s.batch_size / min(times[name]),
-                gflops=gflops,
-                gemm_fraction=gflops / max(
-                    v for k, v in gemm.items() if k.endswith(':' + dtype)),
-                max_abs_diff=diffs.get(name))
-            progress(f'{mode}: {name}: {ips:.1f} img/s')
+                best_img_per_s=s.batch_size / min(times[spec]),
+                gflops=gflop * ips,
+                gemm_fraction=gflop * ips / max(rates),
+                max_abs_diff=diffs[spec].item() if spec in diffs else None)
+            progress(f'{mode}: {spec.name}: {ips:.1f} img/s')
             if s.memory:
-                progress(f'{mode}: {name}: measuring peak memory')
-                row['peak_mem_bytes'] = peak_memory(fns[name], s.device)
+                progress(f'{mode}: {spec.name}: measuring peak memory')
+                row['peak_mem_bytes'] = peak_memory(fns[spec], s.device)
         if s.profile:
             result['profile'] = dict(
-                candidate=names[0], **profile_ops(fns[names[0]]))
-        del fns
+                candidate=cands[0].name, **profile_ops(fns[cands[0]]))
     return report
 
 
