@@ -16,6 +16,7 @@ from convmixer_mm.devtools.benchmark import (CandidateSpec, check,
                                              interleaved_times, main,
                                              parse_args, peak_memory)
 from convmixer_mm.devtools.benchmark_report import update_readme
+from convmixer_mm.utils import UserError
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CONFIG = """
@@ -148,7 +149,7 @@ def test_bad_settings_and_configs(tmp_path, capsys):
         parse_args([str(config)])
     other = tmp_path / 'resnet.py'
     other.write_text("model = dict(backbone=dict(type='ResNet'))\n")
-    with pytest.raises(ValueError, match='ConvMixerMM backbone'):
+    with pytest.raises(UserError, match='ResNet backbone, not a ConvMixer'):
         parse_args([str(other)])
     # The tool's contract: bad input is one error line and status 1.
     assert run(main, [str(tmp_path / 'nope.py')]) == 1

@@ -1,20 +1,12 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Side-by-side speed and memory benchmark of ConvMixer implementations.
 
-Our ``ConvMixerMM``, mmpretrain's built-in ``ConvMixer`` and timm's are
-built with one architecture, given identical weights and fed identical
-inputs. Candidates are timed interleaved (round ``r`` starts at candidate
-``r mod n``), after warm-up, and reported as medians, so that load from
-other processes hits every candidate alike. A GEMM of the model's 1x1-conv
-shape is timed in the same loop: achieved GFLOP/s divided by its rate is
-the roofline fraction.
-
-A candidate spec is ``impl[+cl][+fuse][+compile][+cp][+dtype]``: ``impl``
-is ``ours``, ``mmpretrain`` or ``timm``; ``cl`` runs model and data
-channels_last; ``fuse`` applies :func:`convmixer_mm.models.fuse_convmixer`
-(ours, inference only); ``compile`` wraps the model in ``torch.compile``;
-``cp`` turns on ``with_cp`` (ours); ``bf16`` or ``fp16`` runs it under
-autocast instead of the run's ``--dtype``.
+Our ``ConvMixerMM``, mmpretrain's ``ConvMixer`` and timm's get one
+architecture, identical weights and identical inputs. Candidates are timed
+interleaved (round ``r`` starts at candidate ``r mod n``), after warm-up,
+and reported as medians, so that load from other processes hits every
+candidate alike. A GEMM of the model's 1x1-conv shape is timed in the same
+loop: achieved GFLOP/s divided by its rate is the roofline fraction.
 """
 import argparse
 import contextlib
@@ -52,7 +44,8 @@ Step = Callable[[], object]
 
 
 class CandidateSpec(NamedTuple):
-    """A parsed candidate spec."""
+    """A parsed ``impl[+cl][+fuse][+compile][+cp][+dtype]`` (see
+    ``--candidates``)."""
     impl: str
     flags: frozenset
     dtype: Optional[str]
@@ -101,9 +94,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help='autocast dtype of every candidate that names none')
     add('--candidates', nargs='+',
         default=['ours+cl', 'mmpretrain', 'timm', 'mmpretrain+cl', 'timm+cl'],
-        help='impl[+cl][+fuse][+compile][+cp][+bf16|+fp16] with impl ours, '
-        'mmpretrain or timm (timm ones are dropped when timm is not '
-        'installed)')
+        help='impl[+cl][+fuse][+compile][+cp][+bf16|+fp16]: impl ours, '
+        'mmpretrain or timm (dropped when not installed); cl channels_last '
+        'model and data; fuse fuse_convmixer (ours, inference); compile '
+        'torch.compile; cp with_cp (ours); bf16/fp16 autocast')
     add('--mode', choices=['inference', 'train', 'both'], default='inference')
     add('--warmup', type=int, default=2)
     add('--rounds', type=int, default=10)
@@ -136,19 +130,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def model_settings(model: str) -> tuple:
     """``arch, act, in_channels, num_classes`` of an arch name or of the
-    model of a config with a ``ConvMixerMM`` backbone."""
+    ConvMixer a config builds."""
     if not model.endswith('.py'):
         return ConvMixerMM.parse_arch(model), 'GELU', 3, 1000
     if not osp.isfile(model):
         raise ValueError(f'Config {model} does not exist.')
-    from mmengine.config import Config
-    cfg = Config.fromfile(model)
-    kind = cfg.model.get('backbone', {}).get('type')
-    if kind != 'ConvMixerMM':
-        raise ValueError(
-            f'{model} does not build a ConvMixerMM backbone (got {kind!r}): '
-            'pass a convmixer_mm config or an arch name.')
-    arch, act = arch_from_config(cfg)
+    arch, act = arch_from_config(model)
     return arch, act, arch.pop('in_channels'), arch.pop('num_classes', 1000)
 
 
