@@ -116,9 +116,11 @@ def train_one(cfg: Config, name: str, budget: Budget,
     complexity = count_complexity(model, input_shape)
     curves = epoch_curves(
         load_scalars(runner.log_dir), ('loss', 'accuracy/top1'))
-    return RunResult(name, complexity['params'], complexity['flops'],
-                     input_shape, curves['accuracy/top1'][1][-1],
-                     speed.images / speed.seconds, wall_time, curves)
+    return RunResult(
+        name=name, params=complexity['params'], flops=complexity['flops'],
+        input_shape=input_shape, accuracy=curves['accuracy/top1'][1][-1],
+        train_images_per_s=speed.images / speed.seconds,
+        wall_time_s=wall_time, curves=curves)
 
 
 def markdown_table(results: Sequence[RunResult], budget: Budget) -> str:
