@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from conftest import load_tool
-from convmixer_mm.devtools.benchmark import (BenchmarkSettings, CandidateSpec,
-                                             interleaved_times, peak_memory,
-                                             settings_from_config)
+from convmixer_mm.cli import run
+from convmixer_mm.devtools.benchmark import (CandidateSpec, check,
+                                             interleaved_times, main,
+                                             parse_args, peak_memory)
 from convmixer_mm.devtools.benchmark_report import update_readme
+from convmixer_mm.utils import UserError
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CONFIG = """
@@ -115,9 +117,8 @@ def test_interleaving_rotates_the_order():
 
 
 def test_candidate_specs():
-    spec = CandidateSpec.parse('ours+cl+fuse+bf16')
-    assert (spec.channels_last, spec.fuse, spec.dtype) == (True, True,
-                                                           'bf16')
+    spec = CandidateSpec.parse('ours+bf16+fuse+cl')
+    assert (spec.flags, spec.dtype) == ({'cl', 'fuse'}, 'bf16')
     assert spec.name == 'ours+cl+fuse+bf16'
     with pytest.raises(ValueError, match='Unknown implementation'):
         CandidateSpec.parse('torchvision+cl')
@@ -129,23 +130,31 @@ def test_candidate_specs():
         CandidateSpec.parse('ours+bf16+fp16')
 
 
-def test_bad_settings_and_configs(tmp_path):
-    arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=5)
-    with pytest.raises(ValueError, match='dtype'):
-        BenchmarkSettings(arch=arch, dtype='int8').check()
+def test_bad_settings_and_configs(tmp_path, capsys):
+    def settings(*argv):
+        return parse_args(['16/2/5/4', *argv])
+
+    with pytest.raises(SystemExit):
+        settings('--dtype', 'int8')
+    assert "--dtype: invalid choice: 'int8'" in capsys.readouterr().err
     with pytest.raises(ValueError, match='smaller than the patch'):
-        BenchmarkSettings(arch=arch, img_size=2).check()
+        check(settings('--img-size', '2'))
     with pytest.raises(ValueError, match='Duplicate'):
-        BenchmarkSettings(arch=arch, candidates=['ours', 'ours']).check()
+        check(settings('--candidates', 'ours', 'ours'))
     with pytest.raises(ValueError, match='inference-only'):
-        BenchmarkSettings(
-            arch=arch, candidates=['ours+fuse'], modes=['train']).check()
+        check(settings('--candidates', 'ours+fuse', '--mode', 'train'))
+    config = tmp_path / 'tiny.py'
+    config.write_text(TINY_CONFIG.replace(', kernel_size=5', ''))
     with pytest.raises(ValueError, match='missing'):
-        BenchmarkSettings(arch=dict(embed_dims=16)).check()
+        parse_args([str(config)])
     other = tmp_path / 'resnet.py'
     other.write_text("model = dict(backbone=dict(type='ResNet'))\n")
-    with pytest.raises(ValueError, match='ConvMixerMM backbone'):
-        settings_from_config(str(other))
+    with pytest.raises(UserError, match='ResNet backbone, not a ConvMixer'):
+        parse_args([str(other)])
+    # The tool's contract: bad input is one error line and status 1.
+    assert run(main, [str(tmp_path / 'nope.py')]) == 1
+    assert capsys.readouterr().err == (
+        f'error: Config {tmp_path / "nope.py"} does not exist.\n')
     readme = tmp_path / 'README.md'
     readme.write_text('# no section\n')
     report = tmp_path / 'r.json'
@@ -153,20 +162,3 @@ def test_bad_settings_and_configs(tmp_path):
     with pytest.raises(ValueError, match='no "## Performance"'):
         update_readme(str(readme), [str(report)])
     assert readme.read_text() == '# no section\n'
-
-
-def test_tool_main_candidate_follows_flags():
-    tool = load_tool('tools/analysis_tools/benchmark.py')
-
-    def main_candidates(*argv):
-        return tool.main_candidates(tool.parse_args(['1024/20', *argv]))
-
-    # By default the model as the configs build it (fused by fuse_eval).
-    assert main_candidates() == ['ours+cl']
-    assert main_candidates('--channels-last', 'off',
-                           '--compile', 'on') == ['ours+compile']
-    # Fused models cannot train: training times the unfused model.
-    assert main_candidates('--mode', 'train', '--with-cp', '--fuse',
-                           'on') == ['ours+cl+cp']
-    assert main_candidates('--mode', 'both', '--fuse',
-                           'on') == ['ours+cl+fuse', 'ours+cl']

@@ -1,58 +1,57 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Side-by-side speed and memory benchmark of ConvMixer implementations.
 
-Our ``ConvMixerMM``, mmpretrain's built-in ``ConvMixer`` and timm's
-``ConvMixer`` are built with one architecture, given identical weights and
-fed identical inputs. Candidates are timed interleaved (round ``r`` starts
-at candidate ``r mod n``), after warm-up, and reported as medians, so that
-load from other processes hits every candidate alike. A GEMM of the model's
-1x1-conv shape is timed in the same loop: achieved GFLOP/s divided by its
-rate is the roofline fraction.
-
-A candidate is named by a spec ``impl[+cl][+fuse][+compile][+cp][+dtype]``:
-``impl`` is ``ours``, ``mmpretrain`` or ``timm``; ``cl`` runs model and data
-channels_last; ``fuse`` applies :func:`convmixer_mm.models.fuse_convmixer`
-(ours, inference only); ``compile`` wraps the model in ``torch.compile``;
-``cp`` turns on gradient checkpointing (``with_cp``); ``bf16`` or ``fp16``
-runs it under autocast instead of the run's default dtype.
+Our ``ConvMixerMM``, mmpretrain's ``ConvMixer`` and timm's get one
+architecture, identical weights and identical inputs. Candidates are timed
+interleaved (round ``r`` starts at candidate ``r mod n``), after warm-up,
+and reported as medians, so that load from other processes hits every
+candidate alike. A GEMM of the model's 1x1-conv shape is timed in the same
+loop: achieved GFLOP/s divided by its rate is the roofline fraction.
 """
+import argparse
 import contextlib
 import ctypes
+import functools
 import gc
+import importlib.util
+import json
 import os
+import os.path as osp
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Hashable, List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..apis.complexity import count_complexity
+from ..apis.converter import arch_from_config
 from ..engine.checkpoint import from_mm_layout, load_weights
 from ..models import ConvMixerMM, fuse_convmixer
+from ..utils import atomic_save_bytes
+from .benchmark_report import format_markdown, update_readme
 
 IMPLS = ('ours', 'mmpretrain', 'timm')
 FLAGS = ('cl', 'fuse', 'compile', 'cp')
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
-Progress = Callable[[str], object]
+#: The settings a report keeps (its ``settings``).
+SETTINGS = ('arch', 'act', 'in_channels', 'num_classes', 'batch_size',
+            'img_size', 'device', 'dtype', 'candidates', 'modes', 'warmup',
+            'rounds', 'memory', 'profile', 'threads', 'seed')
+Step = Callable[[], object]
 
 
-@dataclass(frozen=True)
-class CandidateSpec:
-    """One implementation with its fast-path switches."""
+class CandidateSpec(NamedTuple):
+    """A parsed ``impl[+cl][+fuse][+compile][+cp][+dtype]`` (see
+    ``--candidates``)."""
     impl: str
-    channels_last: bool = False
-    fuse: bool = False
-    compile: bool = False
-    with_cp: bool = False
-    dtype: Optional[str] = None
+    flags: frozenset
+    dtype: Optional[str]
 
     @classmethod
     def parse(cls, spec: str) -> 'CandidateSpec':
-        """Parse ``impl[+cl][+fuse][+compile][+cp][+dtype]``."""
         impl, *flags = spec.split('+')
         if impl not in IMPLS:
             raise ValueError(
@@ -66,143 +65,123 @@ class CandidateSpec:
         dtypes = [f for f in flags if f in DTYPES]
         if len(dtypes) > 1:
             raise ValueError(f'{spec!r} names more than one dtype.')
-        if impl != 'ours' and ('fuse' in flags or 'cp' in flags):
+        if impl != 'ours' and {'fuse', 'cp'} & set(flags):
             raise ValueError(
                 f'{spec!r}: +fuse and +cp exist for "ours" only.')
-        return cls(impl, *(f in flags for f in FLAGS),
+        return cls(impl, frozenset(flags) - set(DTYPES),
                    dtypes[0] if dtypes else None)
 
     @property
     def name(self) -> str:
-        on = (self.channels_last, self.fuse, self.compile, self.with_cp)
-        flags = [f for f, f_on in zip(FLAGS, on) if f_on]
-        return '+'.join([self.impl, *flags] + [self.dtype] * bool(self.dtype))
+        """The spec with its flags in the canonical order."""
+        flags = [f for f in FLAGS if f in self.flags]
+        return '+'.join([self.impl, *flags, *[self.dtype] * bool(self.dtype)])
 
 
-@dataclass
-class BenchmarkSettings:
-    """What to build and how to time it.
-
-    Args:
-        arch (dict): ``embed_dims``, ``depth``, ``patch_size`` and
-            ``kernel_size``.
-        act (str): ``'GELU'`` or ``'ReLU'``.
-        in_channels (int): Image channels.
-        num_classes (int): Classes of the linear head.
-        batch_size (int): Images per batch.
-        img_size (int): Height and width of the square input.
-        device (str): ``'cpu'`` or ``'cuda'``.
-        dtype (str): ``'fp32'``, ``'bf16'`` or ``'fp16'`` (autocast), for
-            candidates that name none.
-        candidates (list[str]): Candidate specs, see the module docstring.
-        modes (list[str]): ``'inference'`` and/or ``'train'``.
-        warmup (int): Untimed interleaved rounds first.
-        rounds (int): Timed interleaved rounds.
-        memory (bool): Also measure peak memory of one step.
-        profile (bool): Also profile the first candidate with
-            ``torch.profiler`` and keep its costliest operators.
-        threads (int, optional): ``torch.set_num_threads``.
-        seed (int): Seed of weights and inputs.
-    """
-    arch: Dict[str, int]
-    act: str = 'GELU'
-    in_channels: int = 3
-    num_classes: int = 1000
-    batch_size: int = 8
-    img_size: int = 224
-    device: str = 'cpu'
-    dtype: str = 'fp32'
-    candidates: List[str] = field(
-        default_factory=lambda: ['ours+cl+fuse', 'mmpretrain', 'timm'])
-    modes: List[str] = field(default_factory=lambda: ['inference'])
-    warmup: int = 2
-    rounds: int = 10
-    memory: bool = True
-    profile: bool = False
-    threads: Optional[int] = None
-    seed: int = 0
-
-    def check(self) -> None:
-        """Raise a ``ValueError`` naming the first bad setting."""
-        ConvMixerMM.parse_arch(self.arch)
-        choices = dict(
-            dtype=list(DTYPES), device=['cpu', 'cuda'], act=['GELU', 'ReLU'])
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f'{name}={getattr(self, name)!r}: use one '
-                                 f'of {valid}.')
-        if self.device == 'cuda' and not torch.cuda.is_available():
-            raise ValueError('device="cuda" but CUDA is not available: use '
-                             '--device cpu.')
-        if not self.modes or set(self.modes) - {'inference', 'train'}:
-            raise ValueError(f'modes={self.modes}: use "inference" and/or '
-                             '"train".')
-        for name in ('batch_size', 'img_size', 'rounds', 'in_channels',
-                     'num_classes'):
-            if getattr(self, name) <= 0:
-                raise ValueError(f'{name} must be positive, got '
-                                 f'{getattr(self, name)}.')
-        if self.img_size < self.arch['patch_size']:
-            raise ValueError(
-                f'img_size={self.img_size} is smaller than the patch size '
-                f'{self.arch["patch_size"]}.')
-        specs = [CandidateSpec.parse(c) for c in self.candidates]
-        if len({s.name for s in specs}) != len(specs):
-            raise ValueError(f'Duplicate candidates in {self.candidates}.')
-        if self.modes == ['train'] and all(s.fuse for s in specs):
-            raise ValueError('+fuse candidates are inference-only: add '
-                             'unfused candidates to time training.')
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The settings of a run (every name in :data:`SETTINGS`), or with
+    ``--readme`` the README and the ``reports``."""
+    parser = argparse.ArgumentParser(
+        description='Time ConvMixer inference and training steps against '
+        "mmpretrain's and timm's, interleaved, with identical weights.")
+    add = parser.add_argument
+    add('model', nargs='?', help='a convmixer_mm config file or an arch name '
+        f'({", ".join(ConvMixerMM.arch_settings)})')
+    add('--batch-size', type=int, default=8)
+    add('--img-size', type=int, default=224)
+    add('--device', choices=['cpu', 'cuda'], default='cpu')
+    add('--dtype', choices=list(DTYPES), default='fp32',
+        help='autocast dtype of every candidate that names none')
+    add('--candidates', nargs='+',
+        default=['ours+cl', 'mmpretrain', 'timm', 'mmpretrain+cl', 'timm+cl'],
+        help='impl[+cl][+fuse][+compile][+cp][+bf16|+fp16]: impl ours, '
+        'mmpretrain or timm (dropped when not installed); cl channels_last '
+        'model and data; fuse fuse_convmixer (ours, inference); compile '
+        'torch.compile; cp with_cp (ours); bf16/fp16 autocast')
+    add('--mode', choices=['inference', 'train', 'both'], default='inference')
+    add('--warmup', type=int, default=2)
+    add('--rounds', type=int, default=10)
+    add('--threads', type=int, help='torch threads')
+    add('--no-memory', action='store_true', help='skip peak memory')
+    add('--profile', action='store_true',
+        help='also profile the first candidate (torch.profiler)')
+    add('--out', help='write the JSON report here')
+    add('--readme', metavar='README',
+        help='instead of benchmarking, rewrite the "## Performance" section '
+        'of README from the JSON reports given as the positional arguments')
+    add('reports', nargs='*', help='JSON reports (--readme)')
+    args = parser.parse_args(argv)
+    if args.readme:
+        args.reports[:0] = [args.model] * bool(args.model)
+        return args
+    if args.model is None:
+        parser.error('give a config file or an arch name')
+    args.arch, args.act, args.in_channels, args.num_classes = model_settings(
+        args.model)
+    if importlib.util.find_spec('timm') is None:
+        args.candidates = [
+            c for c in args.candidates if not c.startswith('timm')
+        ]
+    both = args.mode == 'both'
+    args.modes = ['inference', 'train'] if both else [args.mode]
+    args.memory, args.seed = not args.no_memory, 0
+    return args
 
 
-def settings_from_config(path: str, **kwargs) -> BenchmarkSettings:
-    """Benchmark settings for the model of an mmpretrain config.
-
-    Args:
-        path (str): A config whose model has a ``ConvMixerMM`` backbone.
-        **kwargs: Other fields of :class:`BenchmarkSettings`.
-    """
-    from mmengine.config import Config
-
-    from ..apis.converter import arch_from_config
-    cfg = Config.fromfile(path)
-    kind = cfg.model.get('backbone', {}).get('type')
-    if kind != 'ConvMixerMM':
-        raise ValueError(
-            f'{path} does not build a ConvMixerMM backbone (got {kind!r}): '
-            'pass a convmixer_mm config or an arch name.')
-    arch, act = arch_from_config(cfg)
-    return BenchmarkSettings(
-        act=act,
-        in_channels=arch.pop('in_channels'),
-        num_classes=arch.pop('num_classes'),
-        arch=arch,
-        **kwargs)
+def model_settings(model: str) -> tuple:
+    """``arch, act, in_channels, num_classes`` of an arch name or of the
+    ConvMixer a config builds."""
+    if not model.endswith('.py'):
+        return ConvMixerMM.parse_arch(model), 'GELU', 3, 1000
+    if not osp.isfile(model):
+        raise ValueError(f'Config {model} does not exist.')
+    arch, act = arch_from_config(model)
+    return arch, act, arch.pop('in_channels'), arch.pop('num_classes', 1000)
 
 
-def build_model(settings: BenchmarkSettings,
-                impl: str,
+def check(s: argparse.Namespace) -> None:
+    """Raise a ``ValueError`` naming the first bad setting."""
+    if s.device == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('device="cuda" but CUDA is not available: use '
+                         '--device cpu.')
+    for name in ('batch_size', 'img_size', 'rounds'):
+        if getattr(s, name) <= 0:
+            raise ValueError(f'{name} must be positive, got '
+                             f'{getattr(s, name)}.')
+    if s.img_size < s.arch['patch_size']:
+        raise ValueError(f'img_size={s.img_size} is smaller than the patch '
+                         f'size {s.arch["patch_size"]}.')
+    specs = [CandidateSpec.parse(c) for c in s.candidates]
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ValueError(f'Duplicate candidates in {s.candidates}.')
+    if s.modes == ['train'] and all('fuse' in sp.flags for sp in specs):
+        raise ValueError('+fuse candidates are inference-only: add '
+                         'unfused candidates to time training.')
+
+
+def build_model(s: argparse.Namespace, impl: str,
                 with_cp: bool = False) -> nn.Module:
     """Our classifier, mmpretrain's built-in ConvMixer as in its own
-    configs, or timm's, with the architecture of ``settings``."""
-    arch, dims = settings.arch, settings.arch['embed_dims']
+    configs, or timm's, with the architecture of the settings ``s``."""
+    arch, dims = s.arch, s.arch['embed_dims']
     if impl == 'timm':
         from timm.models.convmixer import ConvMixer
         return ConvMixer(
             dims, arch['depth'], arch['kernel_size'], arch['patch_size'],
-            in_chans=settings.in_channels, num_classes=settings.num_classes,
-            act_layer=getattr(nn, settings.act))
+            in_chans=s.in_channels, num_classes=s.num_classes,
+            act_layer=getattr(nn, s.act))
     from mmpretrain.registry import MODELS
     ours = impl == 'ours'
     backbone = dict(
         type='ConvMixerMM' if ours else 'ConvMixer', arch=dict(arch),
-        in_channels=settings.in_channels, act_cfg=dict(type=settings.act))
+        in_channels=s.in_channels, act_cfg=dict(type=s.act))
     if ours:
         backbone['with_cp'] = with_cp
     return MODELS.build(dict(
         type='ImageClassifier', backbone=backbone,
         neck=None if ours else dict(type='GlobalAveragePooling'),
         head=dict(type='ConvMixerClsHead' if ours else 'LinearClsHead',
-                  num_classes=settings.num_classes, in_channels=dims)))
+                  num_classes=s.num_classes, in_channels=dims)))
 
 
 @torch.no_grad()
@@ -222,85 +201,68 @@ def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-class Candidate:
-    """A built, weight-synchronised model with its step functions."""
+def make_step(spec: CandidateSpec, s: argparse.Namespace, state: dict,
+              mode: str, x: torch.Tensor, labels: torch.Tensor) -> Step:
+    """A candidate given the weights ``state``: its inference on ``x``
+    (returning the logits) or its training step (returning the loss)."""
+    model = build_model(s, spec.impl, 'cp' in spec.flags)
+    if spec.impl == 'timm':
+        model.load_state_dict(from_mm_layout(state, 'timm'))
+        call = model
+    else:
+        load_weights(model, state)
+        call = functools.partial(model, mode='tensor')
+    layout = (torch.channels_last
+              if 'cl' in spec.flags else torch.contiguous_format)
+    model.to(s.device, memory_format=layout).train(mode == 'train')
+    x = x.contiguous(memory_format=layout)
+    if 'fuse' in spec.flags:
+        fuse_convmixer(model)
+    if 'compile' in spec.flags:
+        call = torch.compile(call)
+    dtype = spec.dtype or s.dtype
+    amp = (contextlib.nullcontext() if dtype == 'fp32' else
+           torch.autocast(s.device, dtype=DTYPES[dtype]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def __init__(self, spec: CandidateSpec, settings: BenchmarkSettings,
-                 state: Dict[str, torch.Tensor], mode: str) -> None:
-        self.spec = spec
-        self.dtype = spec.dtype or settings.dtype
-        self.device = settings.device
-        model = build_model(settings, spec.impl, spec.with_cp)
-        if spec.impl == 'timm':
-            model.load_state_dict(from_mm_layout(state, 'timm'))
-            self.call = model
-        else:
-            load_weights(model, state)
-            self.call = lambda x: model(x, mode='tensor')
-        model.to(settings.device).train(mode == 'train')
-        if spec.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if spec.fuse:
-            fuse_convmixer(model)
-        if spec.compile:
-            self.call = torch.compile(self.call)
-        if mode == 'train':
-            self.optimizer = torch.optim.SGD(
-                model.parameters(), lr=1e-3, momentum=0.9)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Lay the input out the way this candidate wants it."""
-        return x.contiguous(memory_format=torch.channels_last
-                            if self.spec.channels_last else
-                            torch.contiguous_format)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == 'fp32':
-            return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=DTYPES[self.dtype])
-
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self.autocast():
-            return self.call(x)
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            loss = F.cross_entropy(self.call(x).float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
+    def step() -> torch.Tensor:
+        with torch.set_grad_enabled(mode == 'train'), amp:
+            out = call(x)
+        if mode == 'inference':
+            return out
+        loss = F.cross_entropy(out.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
         return loss.detach()
 
+    return step
 
-class GemmProbe:
-    """The GEMM of the model's 1x1 conv, timed inside the same loop.
+
+def gemm_probes(s: argparse.Namespace, dtype_name: str) -> Dict[str, Step]:
+    """The GEMM of the model's 1x1 conv, to time inside the same loop.
 
     Two libraries can run it: MKL through ``torch.mm`` and oneDNN through
     a 1x1 convolution with a pre-reordered weight (on CPU). The faster of
     the two medians is the reference rate.
     """
-
-    def __init__(self, settings: BenchmarkSettings, dtype_name: str) -> None:
-        dims = settings.arch['embed_dims']
-        side = settings.img_size // settings.arch['patch_size']
-        rows = settings.batch_size * side * side
-        dtype, device = DTYPES[dtype_name], settings.device
-        self.flops = 2 * rows * dims * dims
-        self.a = torch.randn(rows, dims, device=device, dtype=dtype)
-        self.b = torch.randn(dims, dims, device=device, dtype=dtype)
-        self.fns = {
-            f'gemm:torch.mm:{dtype_name}': lambda: torch.mm(self.a, self.b)
-        }
-        if device == 'cpu' and dtype != torch.float16:
-            x = torch.randn(
-                settings.batch_size, dims, side, side, dtype=dtype).contiguous(
-                    memory_format=torch.channels_last)
-            w = torch.ops.mkldnn._reorder_convolution_weight(
-                self.b.view(dims, dims, 1, 1), [0, 0], [1, 1], [1, 1], 1,
-                list(x.shape))
-            self.fns[f'gemm:onednn:{dtype_name}'] = (
-                lambda: torch.ops.mkldnn._convolution_pointwise(
-                    x, w, None, [0, 0], [1, 1], [1, 1], 1, 'none', [], ''))
+    dims, side = s.arch['embed_dims'], s.img_size // s.arch['patch_size']
+    dtype = DTYPES[dtype_name]
+    a = torch.randn(s.batch_size * side * side, dims, dtype=dtype)
+    b = torch.randn(dims, dims, dtype=dtype)
+    fns = {
+        f'gemm:torch.mm:{dtype_name}':
+        functools.partial(torch.mm, a.to(s.device), b.to(s.device))
+    }
+    if s.device == 'cpu' and dtype != torch.float16:
+        x = a.view(s.batch_size, side, side, dims).permute(0, 3, 1, 2)
+        w = torch.ops.mkldnn._reorder_convolution_weight(
+            b.view(dims, dims, 1, 1), [0, 0], [1, 1], [1, 1], 1,
+            list(x.shape))
+        fns[f'gemm:onednn:{dtype_name}'] = functools.partial(
+            torch.ops.mkldnn._convolution_pointwise, x, w, None, [0, 0],
+            [1, 1], [1, 1], 1, 'none', [], '')
+    return fns
 
 
 def _sync(device: str) -> None:
@@ -308,12 +270,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_times(fns: Dict[str, Callable[[], object]],
-                      warmup: int,
-                      rounds: int,
-                      device: str,
-                      progress: Progress = lambda _: None
-                      ) -> Dict[str, List[float]]:
+def interleaved_times(fns: Dict[Hashable, Step], warmup: int, rounds: int,
+                      device: str, progress: Callable = lambda _: None
+                      ) -> Dict[Hashable, List[float]]:
     """Seconds per call of each function, the order rotating every round;
     ``progress`` is told each round."""
     names = list(fns)
@@ -321,8 +280,7 @@ def interleaved_times(fns: Dict[str, Callable[[], object]],
         progress(f'  warm-up {w + 1}/{warmup}')
         for name in names:
             fns[name]()
-    _sync(device)
-    times: Dict[str, List[float]] = {name: [] for name in names}
+    times: Dict[Hashable, List[float]] = {name: [] for name in names}
     for r in range(rounds):
         progress(f'  round {r + 1}/{rounds}')
         shift = r % len(names)
@@ -335,40 +293,43 @@ def interleaved_times(fns: Dict[str, Callable[[], object]],
     return times
 
 
-def _rss_kib(field_name: str) -> int:
+def _status_kib(field: str) -> int:
     with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field_name + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field_name} missing from /proc/self/status.')
+        return next(int(line.split()[1]) for line in f
+                    if line.startswith(field + ':'))
 
 
-@contextlib.contextmanager
-def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
-    """Yield a function returning peak RSS growth in bytes so far.
+def peak_memory(step: Step, device: str) -> int:
+    """Peak memory growth of one call of ``step``, in bytes: of
+    ``max_memory_allocated`` on CUDA, of the peak resident set on CPU.
 
     glibc keeps freed blocks of up to 32 MiB in its heap, which would hide
     the growth of a step that reuses them, so large blocks are forced to
-    ``mmap`` (returned on free) while tracking, and the peak RSS counter
+    ``mmap`` (returned on free) for the step, and the peak RSS counter
     (``VmHWM``) is reset through ``/proc/self/clear_refs``.
     """
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        libc = None
-    if libc is None or not os.path.exists('/proc/self/clear_refs'):
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    if not osp.exists('/proc/self/clear_refs'):
         raise RuntimeError('CPU peak memory needs Linux /proc and glibc: '
                            'pass --no-memory.')
+    libc = ctypes.CDLL('libc.so.6')
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 64 * 1024)
     libc.mallopt(m_trim_threshold, 128 * 1024)
     try:
-        gc.collect()
         libc.malloc_trim(0)
-        base = _rss_kib('VmRSS')
+        base = _status_kib('VmRSS')
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-        yield lambda: max(0, _rss_kib('VmHWM') - base) * 1024
+        step()
+        return max(0, _status_kib('VmHWM') - base) * 1024
     finally:
         # Fixing a threshold turns glibc's adaptation off for good; these
         # are the values it adapts to once large tensors have been freed,
@@ -377,33 +338,9 @@ def _cpu_peak_tracking() -> Iterator[Callable[[], int]]:
         libc.mallopt(m_trim_threshold, 64 * 2**20)
 
 
-def peak_memory(step: Callable[[], object], device: str) -> int:
-    """Peak memory growth of one call of ``step``, in bytes.
-
-    CUDA: growth of ``max_memory_allocated``. CPU: growth of the peak
-    resident set size.
-    """
-    if device == 'cuda':
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with _cpu_peak_tracking() as peak:
-        step()
-        return peak()
-
-
-def profile_ops(step: Callable[[], object], iters: int = 2,
-                top: int = 8) -> dict:
-    """Self time per call of the costliest operators of ``step``.
-
-    Returns:
-        dict: ``total_ms`` per step and ``ops``, a list of ``op``,
-        ``shapes``, ``calls`` and ``self_ms`` per step.
-    """
+def profile_ops(step: Step, iters: int = 2, top: int = 8) -> dict:
+    """``total_ms`` of self CPU time per step and ``ops``: the costliest
+    operators with their ``shapes``, ``calls`` and ``self_ms`` per step."""
     from torch.profiler import ProfilerActivity, profile
     step()
     with profile(
@@ -412,23 +349,20 @@ def profile_ops(step: Callable[[], object], iters: int = 2,
             step()
     events = prof.key_averages(group_by_input_shape=True)
     ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
-    return dict(
-        total_ms=sum(e.self_cpu_time_total for e in events) / 1e3 / iters,
-        ops=[
-            dict(
-                op=e.key,
-                shapes=str([list(s) for s in e.input_shapes if s][:2]),
-                calls=e.count // iters,
-                self_ms=e.self_cpu_time_total / 1e3 / iters) for e in ranked
-        ])
+    ops = [
+        dict(op=e.key, shapes=str([list(s) for s in e.input_shapes if s][:2]),
+             calls=e.count // iters,
+             self_ms=e.self_cpu_time_total / 1e3 / iters) for e in ranked
+    ]
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / iters
+    return dict(total_ms=total, ops=ops)
 
 
 def machine_description(device: str) -> str:
     """A line naming the machine, for the table and the README."""
     if device == 'cuda':
         return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    flags: List[str] = []
+    model, flags = platform.processor() or platform.machine(), []
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         for line in f:
             key, _, value = line.partition(':')
@@ -444,164 +378,108 @@ def machine_description(device: str) -> str:
             f'{", " + "+".join(bf16) if bf16 else ""}')
 
 
-def run_benchmark(settings: BenchmarkSettings,
-                  progress: Progress = lambda _: None) -> dict:
+def run_benchmark(s: argparse.Namespace,
+                  progress: Callable = lambda _: None) -> dict:
     """Build every candidate, time them interleaved and return a report.
 
-    ``progress`` (e.g. ``print``) is told each step as it starts: each
-    candidate as it is built and measured, each timing round.
-
-    Returns:
-        dict: JSON-serialisable ``settings``, ``machine``,
-        ``macs_per_image`` (counted as ``apis.complexity`` counts FLOPs)
-        and ``results[mode]`` with the GEMM rates (``gemm``, and
-        ``gemm_best`` from the fastest rounds) and, per candidate
-        (``candidates``), median seconds, img/s, GFLOP/s, its fraction of
-        the GEMM rate in its dtype, peak memory and, for inference, the
-        largest output difference from our fp32 contiguous eager model.
+    ``progress`` (e.g. ``print``) is told each step as it starts. The
+    report holds the ``settings``, the ``machine``, ``macs_per_image`` (as
+    ``apis.complexity`` counts FLOPs) and ``results[mode]``: the GEMM rates
+    (``gemm``, and ``gemm_best`` from the fastest rounds) and, per
+    candidate, median seconds, img/s, GFLOP/s, its fraction of the GEMM
+    rate in its dtype, peak memory and, for inference, the largest output
+    difference from our fp32 contiguous eager model.
     """
-    settings.check()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    specs = [CandidateSpec.parse(c) for c in settings.candidates]
-    torch.manual_seed(settings.seed)
-    reference = randomize_bn(build_model(settings, 'ours'), settings.seed)
+    check(s)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    specs = [CandidateSpec.parse(c) for c in s.candidates]
+    torch.manual_seed(s.seed)
+    reference = randomize_bn(build_model(s, 'ours'), s.seed)
     state = reference.state_dict()
     reference.backbone.fuse_eval = False  # the plain fp32 model
-    image = (settings.in_channels, settings.img_size, settings.img_size)
+    image = (s.in_channels, s.img_size, s.img_size)
     macs = count_complexity(reference, image)['flops']
-    gen = torch.Generator().manual_seed(settings.seed)
-    x = torch.randn(settings.batch_size, *image, generator=gen)
-    labels = torch.randint(settings.num_classes, (settings.batch_size, ),
-                           generator=gen).to(settings.device)
-    x = x.to(settings.device)
+    gen = torch.Generator().manual_seed(s.seed)
+    x = torch.randn(s.batch_size, *image, generator=gen).to(s.device)
+    labels = torch.randint(
+        s.num_classes, (s.batch_size, ), generator=gen).to(s.device)
     with torch.no_grad():
-        ref_out = reference.to(settings.device)(x, mode='tensor')
+        ref_out = reference.to(s.device)(x, mode='tensor')
     del reference
 
-    dtypes = sorted({s.dtype or settings.dtype for s in specs})
-    probes = {d: GemmProbe(settings, d) for d in dtypes}
+    side = s.img_size // s.arch['patch_size']
+    gemm_shape = [s.batch_size * side * side] + [s.arch['embed_dims']] * 2
+    probes: Dict[str, Step] = {}
+    for dtype in sorted({spec.dtype or s.dtype for spec in specs}):
+        probes.update(gemm_probes(s, dtype))
     report = dict(
-        settings=dict(settings.__dict__),
-        machine=machine_description(settings.device),
+        settings={k: getattr(s, k) for k in SETTINGS},
+        machine=machine_description(s.device),
         macs_per_image=macs,
-        gemm_shape=list(probes[dtypes[0]].a.shape) +
-        [settings.arch['embed_dims']],
+        gemm_shape=gemm_shape,
         results={})
-    for mode in settings.modes:
-        # Fused models are inference-only.
-        cands = {
-            s.name: Candidate(s, settings, state, mode)
-            for s in specs if mode == 'inference' or not s.fuse
-        }
+    for mode in s.modes:
         fns, diffs = {}, {}
-        for name, c in cands.items():
-            progress(f'{mode}: building and checking {name}')
-            inp = c.prepare(x)
+        for spec in specs:
+            if mode == 'train' and 'fuse' in spec.flags:
+                continue  # fused models are inference-only
+            progress(f'{mode}: building and checking {spec.name}')
+            fns[spec] = make_step(spec, s, state, mode, x, labels)
             if mode == 'inference':
-                fns[name] = lambda c=c, i=inp: c.infer(i)
-                diffs[name] = (c.infer(inp).float() -
-                               ref_out).abs().max().item()
-            else:
-                fns[name] = lambda c=c, i=inp: c.train_step(i, labels)
-        gemm_flops = {n: p.flops for p in probes.values() for n in p.fns}
-        for probe in probes.values():
-            fns.update(probe.fns)
-        progress(f'{mode}: timing {", ".join(cands)} and the GEMM probes')
-        times = interleaved_times(fns, settings.warmup, settings.rounds,
-                                  settings.device, progress)
-        result = dict(
-            gemm={
-                n: f / statistics.median(times[n]) / 1e9
-                for n, f in gemm_flops.items()
-            },
-            gemm_best={
-                n: f / min(times[n]) / 1e9
-                for n, f in gemm_flops.items()
-            },
+                diffs[spec] = (fns[spec]().float() - ref_out).abs().max()
+        cands = list(fns)
+        progress(f'{mode}: timing {", ".join(c.name for c in cands)} and '
+                 'the GEMM probes')
+        times = interleaved_times({**fns, **probes}, s.warmup, s.rounds,
+                                  s.device, progress)
+        gemm_gflop = 2 * gemm_shape[0] * gemm_shape[1] * gemm_shape[2] / 1e9
+        result = report['results'][mode] = dict(
+            gemm={n: gemm_gflop / statistics.median(times[n])
+                  for n in probes},
+            gemm_best={n: gemm_gflop / min(times[n]) for n in probes},
             candidates={})
         # A training step is a forward and a backward, the latter with
         # twice the forward's MACs (input and weight gradients).
-        flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
-        for name, c in cands.items():
-            median = statistics.median(times[name])
-            ips = settings.batch_size / median
-            gflops = flops_per_image * ips / 1e9
-            best_gemm = max(v for k, v in result['gemm'].items()
-                            if k.endswith(':' + c.dtype))
-            row = result['candidates'][name] = dict(
-                dtype=c.dtype,
+        gflop = 2 * macs * (3 if mode == 'train' else 1) / 1e9
+        for spec in cands:
+            dtype = spec.dtype or s.dtype
+            median = statistics.median(times[spec])
+            ips = s.batch_size / median
+            rates = [v for k, v in result['gemm'].items()
+                     if k.endswith(':' + dtype)]
+            row = result['candidates'][spec.name] = dict(
+                dtype=dtype,
                 median_s=median,
-                times_s=times[name],
+                times_s=times[spec],
                 img_per_s=ips,
-                best_img_per_s=settings.batch_size / min(times[name]),
-                gflops=gflops,
-                gemm_fraction=gflops / best_gemm,
-                max_abs_diff=diffs.get(name))
-            progress(f'{mode}: {name}: {ips:.1f} img/s')
-            if settings.memory:
-                progress(f'{mode}: {name}: measuring peak memory')
-                row['peak_mem_bytes'] = peak_memory(fns[name],
-                                                    settings.device)
-        if settings.profile:
-            first = next(iter(cands))
+                best_img_per_s=s.batch_size / min(times[spec]),
+                gflops=gflop * ips,
+                gemm_fraction=gflop * ips / max(rates),
+                max_abs_diff=diffs[spec].item() if spec in diffs else None)
+            progress(f'{mode}: {spec.name}: {ips:.1f} img/s')
+            if s.memory:
+                progress(f'{mode}: {spec.name}: measuring peak memory')
+                row['peak_mem_bytes'] = peak_memory(fns[spec], s.device)
+        if s.profile:
             result['profile'] = dict(
-                candidate=first, **profile_ops(fns[first]))
-        report['results'][mode] = result
-        del cands, fns
+                candidate=cands[0].name, **profile_ops(fns[cands[0]]))
     return report
 
 
-def _cells(row: dict, base: dict) -> List[str]:
-    mem, diff = row.get('peak_mem_bytes'), row['max_abs_diff']
-    return [
-        f'{row["img_per_s"]:.2f}',
-        f'{row["img_per_s"] / base["img_per_s"]:.2f}x',
-        f'{row["best_img_per_s"]:.2f}', f'{row["gflops"]:.1f}',
-        f'{row["gemm_fraction"]:.0%}',
-        f'{mem / 2**20:.0f}' if mem is not None else '-',
-        f'{diff:.1e}' if diff is not None else '-'
-    ]
-
-
-def format_markdown(report: dict) -> str:
-    """Markdown tables of a report, one per mode (and its profile)."""
-    s = report['settings']
-    arch = s['arch']
-    title = (f'ConvMixer-{arch["embed_dims"]}/{arch["depth"]} (patch '
-             f'{arch["patch_size"]}, kernel {arch["kernel_size"]}), '
-             f'{s["img_size"]} px, batch {s["batch_size"]}, {s["device"]}')
-    out = []
-    for mode, result in report['results'].items():
-        rows = result['candidates']
-        first = next(iter(rows))
-        gemm = ', '.join(f'{k.split(":", 1)[1]} {v:.0f}'
-                         for k, v in result['gemm'].items())
-        out += [
-            f'{title}, **{mode}**; GEMM {gemm} GFLOP/s; medians of '
-            f'{s["rounds"]} interleaved rounds.', '',
-            f'| candidate | img/s | vs `{first}` | best img/s | GFLOP/s | '
-            'of GEMM | peak MiB | max abs diff |',
-            '|---|---:|---:|---:|---:|---:|---:|---:|'
-        ]
-        out += [
-            '| ' + ' | '.join([f'`{name}`'] + _cells(row, rows[first])) +
-            ' |' for name, row in rows.items()
-        ]
-        out.append('')
-        prof = result.get('profile')
-        if prof:
-            total = prof['total_ms']
-            out += [
-                f'Profile of `{prof["candidate"]}` (torch.profiler, self '
-                f'CPU time per step, {total:.0f} ms in all):', '',
-                '| operator | input shapes | calls | ms | share |',
-                '|---|---|---:|---:|---:|'
-            ]
-            out += [
-                f'| `{op["op"]}` | {op["shapes"]} | {op["calls"]} | '
-                f'{op["self_ms"]:.1f} | {op["self_ms"] / total:.0%} |'
-                for op in prof['ops']
-            ]
-            out.append('')
-    return '\n'.join(out)
+def main(argv: Optional[List[str]] = None) -> None:
+    """``tools/analysis_tools/benchmark.py``: benchmark, or with
+    ``--readme`` rewrite the README's Performance section."""
+    args = parse_args(argv)
+    if args.readme:
+        changed = update_readme(args.readme, args.reports)
+        print(f'Updated the Performance section of {args.readme}.' if changed
+              else f'The Performance section of {args.readme} is already '
+              'up to date.')
+        return
+    report = run_benchmark(args, functools.partial(print, flush=True))
+    print(f'{report["machine"]}\n\n{format_markdown(report)}')
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        atomic_save_bytes(args.out, json.dumps(report, indent=1))
+        print(f'Wrote {args.out}')

@@ -1,131 +1,181 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""The README's Performance section, generated from benchmark reports."""
+"""Benchmark reports as Markdown, and the README's Performance section
+(``performance.md``, then the targets and runs) generated from them."""
+import functools
 import json
+import os.path as osp
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..utils import atomic_save_bytes
-from .benchmark import format_markdown
 
 SECTION = '## Performance'
+Pick = Union[str, Callable[[dict], Optional[str]]]
 
 
-def _main(rows: dict, dtype: str) -> Optional[str]:
-    """Our first candidate in ``dtype``: the one the run is about."""
-    return next((n for n, r in rows.items()
-                 if n.startswith('ours') and r['dtype'] == dtype), None)
+def _cells(row: dict, base: dict) -> List[str]:
+    mem, diff = row.get('peak_mem_bytes'), row['max_abs_diff']
+    return [
+        f'{row["img_per_s"]:.2f}',
+        f'{row["img_per_s"] / base["img_per_s"]:.2f}x',
+        f'{row["best_img_per_s"]:.2f}', f'{row["gflops"]:.1f}',
+        f'{row["gemm_fraction"]:.0%}',
+        f'{mem / 2**20:.0f}' if mem is not None else '-',
+        f'{diff:.1e}' if diff is not None else '-'
+    ]
 
 
-def _cp(rows: dict) -> Optional[str]:
-    """Our first ``+cp`` candidate that has a plain twin."""
-    return next((n for n in rows if '+cp' in n and n.replace('+cp', '')
-                 in rows), None)
-
-
-Finder = Callable[[dict], Optional[Tuple[float, str]]]
-
-
-def _ratio(mode: str,
-           num: Union[str, Callable[[dict], Optional[str]]],
-           den: Union[str, Callable[[dict], Optional[str]]],
-           key: str = 'img_per_s',
-           fmt: str = '.3g',
-           arch: Optional[Tuple[int, int]] = None,
-           **settings) -> Finder:
-    """``rows[num][key] / rows[den][key]`` of the first report of ``mode``
-    with ``arch`` (dims, depth) and ``settings``; ``num`` and ``den`` are
-    candidate names, or functions of the rows that pick one."""
-
-    def find(report: dict) -> Optional[Tuple[float, str]]:
-        s = report['settings']
-        if arch and (s['arch']['embed_dims'], s['arch']['depth']) != arch \
-                or any(s[k] != v for k, v in settings.items()):
-            return None
-        rows = report['results'].get(mode, {}).get('candidates', {})
-        n = num(rows) if callable(num) else num
-        d = den(rows) if callable(den) else den
-        if key not in rows.get(n, {}) or key not in rows.get(d, {}):
-            return None
-        a, b, unit = rows[n][key], rows[d][key], 'img/s'
-        if key == 'peak_mem_bytes':
-            a, b, unit = a / 2**20, b / 2**20, 'MiB'
-        return a / b, f'`{n}` {a:{fmt}} / `{d}` {b:{fmt}} {unit}'
-
-    return find
-
-
-def _gemm_fraction(mode: str, key: str = 'img_per_s') -> Finder:
-    """Our fp32 GFLOP/s on 1024/20 over the GEMM's, on median (or
-    ``best_``) times."""
-    gemm_key = 'gemm_best' if key.startswith('best') else 'gemm'
-
-    def find(report: dict) -> Optional[Tuple[float, str]]:
-        result = report['results'].get(mode, {})
-        num = _main(result.get('candidates', {}), 'fp32')
-        arch = report['settings']['arch']
-        if (arch['embed_dims'], arch['depth']) != (1024, 20) or \
-                num is None or gemm_key not in result:
-            return None
-        gemm = max(v for k, v in result[gemm_key].items()
-                   if k.endswith(':fp32'))
-        passes = 3 if mode == 'train' else 1
-        flops = 2 * passes * report['macs_per_image'] * \
-            result['candidates'][num][key] / 1e9
-        return flops / gemm, f'`{num}` {flops:.0f} / GEMM {gemm:.0f} GFLOP/s'
-
-    return find
+def format_markdown(report: dict) -> str:
+    """Markdown tables of a report, one per mode (and its profile)."""
+    s = report['settings']
+    arch = s['arch']
+    title = (f'ConvMixer-{arch["embed_dims"]}/{arch["depth"]} (patch '
+             f'{arch["patch_size"]}, kernel {arch["kernel_size"]}), '
+             f'{s["img_size"]} px, batch {s["batch_size"]}, {s["device"]}')
+    out = []
+    for mode, result in report['results'].items():
+        rows = result['candidates']
+        first = next(iter(rows))
+        gemm = ', '.join(f'{k.split(":", 1)[1]} {v:.0f}'
+                         for k, v in result['gemm'].items())
+        out += [
+            f'{title}, **{mode}**; GEMM {gemm} GFLOP/s; medians of '
+            f'{s["rounds"]} interleaved rounds.', '',
+            f'| candidate | img/s | vs `{first}` | best img/s | GFLOP/s | '
+            'of GEMM | peak MiB | max abs diff |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|'
+        ]
+        out += [
+            '| ' + ' | '.join([f'`{name}`'] + _cells(row, rows[first])) +
+            ' |' for name, row in rows.items()
+        ]
+        out.append('')
+        prof = result.get('profile')
+        if prof:
+            total = prof['total_ms']
+            out += [
+                f'Profile of `{prof["candidate"]}` (torch.profiler, self '
+                f'CPU time per step, {total:.0f} ms in all):', '',
+                '| operator | input shapes | calls | ms | share |',
+                '|---|---|---:|---:|---:|'
+            ]
+            out += [
+                f'| `{op["op"]}` | {op["shapes"]} | {op["calls"]} | '
+                f'{op["self_ms"]:.1f} | {op["self_ms"] / total:.0%} |'
+                for op in prof['ops']
+            ]
+            out.append('')
+    return '\n'.join(out)
 
 
 def _ours(dtype: str = 'fp32') -> Callable[[dict], Optional[str]]:
-    return lambda rows: _main(rows, dtype)
+    """Our first candidate in ``dtype``: the one a run is about."""
+    return lambda rows: next((n for n, r in rows.items()
+                              if n[:4] == 'ours' and r['dtype'] == dtype),
+                             None)
+
+
+def _cp(plain: bool) -> Callable[[dict], str]:
+    """Our first ``+cp`` candidate that has a plain twin (or the twin)."""
+
+    def pick(rows: dict) -> str:
+        cp = next((n for n in rows
+                   if '+cp' in n and n.replace('+cp', '') in rows), '')
+        return cp.replace('+cp', '') if plain else cp
+
+    return pick
+
+
+def _measure(mode: str, num: Pick, den: Pick, report: dict,
+             key: str = 'img_per_s', fmt: str = '.3g',
+             arch: Optional[Tuple[int, int]] = None,
+             **settings) -> Optional[Tuple[float, str]]:
+    """``rows[num][key] / rows[den][key]`` in ``mode`` of a report with
+    ``arch`` (dims, depth) and ``settings``, and its detail; ``num`` and
+    ``den`` name candidates or pick one from the rows. ``den='GEMM'``
+    divides the GFLOP/s of ``num`` by the measured fp32 GEMM's."""
+    s = report['settings']
+    if arch and (s['arch']['embed_dims'], s['arch']['depth']) != arch \
+            or any(s[k] != v for k, v in settings.items()):
+        return None
+    result = report['results'].get(mode, {})
+    rows = result.get('candidates', {})
+    n, d = (pick(rows) if callable(pick) else pick for pick in (num, den))
+    if key not in rows.get(n, {}):
+        return None
+    a, unit = rows[n][key], 'img/s'
+    if d == 'GEMM':
+        gemm = result.get('gemm_best' if key[:4] == 'best' else 'gemm')
+        if gemm is None:
+            return None
+        passes = 3 if mode == 'train' else 1
+        a = 2 * passes * report['macs_per_image'] * a / 1e9
+        b = max(v for k, v in gemm.items() if k.endswith(':fp32'))
+        unit = 'GFLOP/s'
+    elif key not in rows.get(d, {}):
+        return None
+    else:
+        b, d = rows[d][key], f'`{d}`'
+    if key == 'peak_mem_bytes':
+        a, b, unit = a / 2**20, b / 2**20, 'MiB'
+    return a / b, f'`{n}` {a:{fmt}} / {d} {b:{fmt}} {unit}'
+
+
+def _target(text: str, goal: str, *args, **kwargs) -> tuple:
+    return text, goal, functools.partial(_measure, *args, **kwargs)
 
 
 ARCHS = ((1024, 20), (768, 32), (1536, 20))
-#: ``(what, goal, finder)``: goals are ``>= X``/``<= X`` ratios (``x``) or
-#: fractions (``%``); ``(fair)`` means at least 1 (a like-for-like check).
-TARGETS: List[Tuple[str, str, Finder]] = [
+OURS = _ours()
+#: ``(what, goal, measure)``: goals are ``>= X``/``<= X`` ratios (``x``)
+#: or fractions (``%``); ``(fair)`` means at least 1 (like for like).
+TARGETS = [
     # Training speed (the model as the ImageNet configs build it).
-    *[(f'{d}/{n} fp32 training step vs {peer}', f'>= {goal}x',
-       _ratio('train', _ours(), peer, arch=(d, n), img_size=224))
+    *[_target(f'{d}/{n} fp32 training step vs {peer}', f'>= {goal}x',
+              'train', OURS, peer, arch=(d, n), img_size=224)
       for (d, n), goal in zip(ARCHS, (1.8, 1.5, 1.5))
       for peer in ('timm', 'mmpretrain')],
-    *[(f'{d}/{n} fp32 training step vs {peer}, channels_last', '(fair)',
-       _ratio('train', _ours(), peer + '+cl', arch=(d, n), img_size=224))
+    *[_target(f'{d}/{n} fp32 training step vs {peer}, channels_last',
+              '(fair)', 'train', OURS, peer + '+cl', arch=(d, n),
+              img_size=224)
       for d, n in ARCHS for peer in ('timm', 'mmpretrain')],
-    ('1024/20 fp32 training GFLOP/s / measured GEMM GFLOP/s', '>= 50%',
-     _gemm_fraction('train')),
-    ('1024/20 training peak memory vs mmpretrain', '<= 100%',
-     _ratio('train', _ours(), 'mmpretrain', 'peak_mem_bytes', '.0f',
-            (1024, 20))),
+    _target('1024/20 fp32 training GFLOP/s / measured GEMM GFLOP/s',
+            '>= 50%', 'train', OURS, 'GEMM', fmt='.0f', arch=(1024, 20)),
+    _target('1024/20 training peak memory vs mmpretrain', '<= 100%',
+            'train', OURS, 'mmpretrain', key='peak_mem_bytes', fmt='.0f',
+            arch=(1024, 20)),
     # Inference of the model as the configs build it (fused by default).
-    *[(f'1024/20 fp32 inference vs {text}', goal,
-       _ratio('inference', _ours(), peer, arch=(1024, 20), img_size=224))
+    *[_target(f'1024/20 fp32 inference vs {text}', goal, 'inference', OURS,
+              peer, arch=(1024, 20), img_size=224)
       for text, goal, peer in (
           ('mmpretrain built-in', '>= 1.5x', 'mmpretrain'),
           ('timm default', '>= 1.3x', 'timm'),
           ('mmpretrain built-in, channels_last', '(fair)', 'mmpretrain+cl'),
           ('timm, channels_last', '(fair)', 'timm+cl'))],
-    *[(f'{d}/{n} fp32 inference vs {peer}', '>= 1.3x',
-       _ratio('inference', _ours(), peer, arch=(d, n), img_size=224))
+    *[_target(f'{d}/{n} fp32 inference vs {peer}', '>= 1.3x', 'inference',
+              OURS, peer, arch=(d, n), img_size=224)
       for d, n in ARCHS[1:] for peer in ('timm', 'mmpretrain')],
-    ('1024/20 fp32 inference GFLOP/s / measured GEMM GFLOP/s', '>= 85%',
-     _gemm_fraction('inference')),
-    ('the same, fastest round of each (least interference)', '>= 85%',
-     _gemm_fraction('inference', 'best_img_per_s')),
-    *[(text, '>= 1.5x',
-       _ratio('inference', _ours('bf16'), _ours(), key, '.1f', (1024, 20)))
+    *[_target(text, '>= 85%', 'inference', OURS, 'GEMM', key=key,
+              fmt='.0f', arch=(1024, 20))
+      for text, key in (
+          ('1024/20 fp32 inference GFLOP/s / measured GEMM GFLOP/s',
+           'img_per_s'),
+          ('the same, fastest round of each (least interference)',
+           'best_img_per_s'))],
+    *[_target(text, '>= 1.5x', 'inference', _ours('bf16'), OURS, key=key,
+              fmt='.1f', arch=(1024, 20))
       for text, key in (('1024/20 bf16 inference vs our fp32', 'img_per_s'),
                         ('the same, fastest round of each',
                          'best_img_per_s'))],
-    *[(text, '>= 1.2x',
-       _ratio('train', num, 'mmpretrain', fmt='.0f', in_channels=1))
+    *[_target(text, '>= 1.2x', 'train', num, 'mmpretrain', fmt='.0f',
+              in_channels=1)
       for text, num in (
           ('Fashion-MNIST config training step vs mmpretrain built-in',
-           _ours()),
+           OURS),
           ('the same, without torch.compile (the config default)',
            'ours+cl'))],
-    ('768/32 training peak memory, with_cp / without', '<= 60%',
-     _ratio('train', _cp, lambda rows: (_cp(rows) or '').replace('+cp', ''),
-            'peak_mem_bytes', '.0f', (768, 32))),
+    _target('768/32 training peak memory, with_cp / without', '<= 60%',
+            'train', _cp(False), _cp(True), key='peak_mem_bytes', fmt='.0f',
+            arch=(768, 32)),
 ]
 
 
@@ -143,8 +193,8 @@ def targets_table(reports: Sequence[dict]) -> List[str]:
         '| target | goal | measured | met | from |',
         '|---|---|---:|---|---|',
     ]
-    for text, goal, find in TARGETS:
-        found = next((f for f in map(find, reports) if f is not None), None)
+    for text, goal, measure in TARGETS:
+        found = next(filter(None, map(measure, reports)), None)
         if found is None:
             lines.append(f'| {text} | {goal} | not measured | - | - |')
             continue
@@ -155,78 +205,14 @@ def targets_table(reports: Sequence[dict]) -> List[str]:
     return lines
 
 
-#: The section's text before its tables; a line that starts with two
-#: spaces continues the one before (the README keeps each paragraph and
-#: list item on one line).
-INTRO = """\
-<!-- Generated by tools/analysis_tools/benchmark.py --readme; edit
-  convmixer_mm/devtools/benchmark_report.py instead. -->
-
-Measured on {machines}. The machine was shared with other jobs, so every run
-  interleaves its candidates (identical weights and inputs), warms up, and
-  reports medians; a GEMM of the model's 1x1-conv shape runs in the same loop
-  as the roofline reference (MKL `torch.mm` and oneDNN, the faster counts).
-
-Candidates: `ours` is `ConvMixerMM`, `mmpretrain` its built-in `ConvMixer`,
-  `timm` its `ConvMixer`; `+cl` channels_last model and data (our configs'
-  default), `+fuse` `convmixer_mm.models.fuse_convmixer` (in-place fusion;
-  without it our eval-mode model still runs fused, see `fuse_eval`), `+compile`
-  `torch.compile`, `+cp` `with_cp`, `+bf16` bf16 autocast. img/s is the median,
-  "best" the fastest round (the cost without interference); ratios use medians.
-  Peak memory is the growth of CUDA max allocated or, on CPU, of peak RSS
-  during one step; "max abs diff" is the largest logit difference from our fp32
-  eager model.
-
-### Fast paths
-
-- `channels_last`: `ConvMixerDataPreprocessor(channels_last=True)`, on in every
-  config; convolutions then run channels_last.
-- Exact inference fusion, on by default: in eval mode without gradients
-  (`tools/test.py`, validation, `get_model`, inferencers, the demo)
-  `ConvMixerMM(fuse_eval=True)` runs each block in four memory passes instead
-  of seven (oneDNN conv with GELU/ReLU post-op, BN shift folded into the next
-  1x1 conv's bias, BN scale/add as one `addcmul`), from fused copies cached
-  until any weight or BN statistic changes; the state dict is untouched. Logits
-  within 1e-5 relative of the unfused fp32 model for every shipped config
-  (`tests/test_fast_paths.py`). `fuse_eval=False` turns it off.
-- bf16/fp16: `torch.autocast` for inference (fused models follow it; bf16
-  logits within 3e-2 relative), `tools/train.py --amp`
-  (`MixedPrecisionOptimWrapper`) for training.
-- `torch.compile`: `custom_hooks = [dict(type='CompileModelHook')]` compiles
-  the backbone in place (same checkpoint keys). It is the fastest training path
-  measured here, but opt-in: on CPU it needs a C++ compiler (without one it
-  warns and stays eager) and compiles for tens of seconds. mmengine's own
-  `compile=True` compiles the whole `train_step`, whose logging makes dynamo
-  recompile every iteration: slower than eager.
-- Depthwise conv: `convmixer_mm.models.ops.DepthwiseConv2d` runs the
-  large-kernel depthwise conv and its gradients in a small C kernel on CPU
-  (fp32; aten's weight gradient was most of a training step), compiled at first
-  use in seconds and cached in `$CONVMIXER_MM_KERNEL_DIR` (default
-  `~/.cache/convmixer_mm/kernels`); on by default, `backbone.fast_dwconv=False`
-  turns it off; gradients within 1e-4 relative of `F.conv2d`
-  (`tests/test_dwconv.py`).
-- Training activation + BatchNorm: `ConvMixerMM(fuse_train=True)`, on by
-  default, runs every activation (GELU or ReLU), training-mode BN and residual
-  sum as one C op (`convmixer_mm.models.ops.act_bn`) of two memory passes
-  forward and two backward, where aten runs four ops; outputs, gradients and
-  running statistics within 1e-5 relative of the modules
-  (`tests/test_act_bn.py`); `backbone.fuse_train=False` turns it off. The C
-  kernels run on torch's own OpenMP threads.
-- Memory: `backbone.with_cp=True` checkpoints every block (identical outputs,
-  gradients and BN statistics).
-
-### Targets
-"""
-
-
 def performance_section(reports: Sequence[dict],
                         paths: Sequence[str]) -> str:
-    """The body of the README's Performance section."""
+    """The README's Performance section."""
+    with open(osp.join(osp.dirname(__file__), 'performance.md')) as f:
+        intro = f.read()
     machines = '; '.join(sorted({r['machine'] for r in reports}))
-    intro = INTRO.replace('\n  ', ' ').replace('{machines}', machines)
-    lines = [SECTION, '', intro]
-    lines += targets_table(reports)
-    lines += ['', '### Runs', '']
+    lines = [SECTION, '', intro.replace('{machines}', machines)]
+    lines += targets_table(reports) + ['', '### Runs', '']
     for path, report in zip(paths, reports):
         lines += [f'From `{path}`:', '', format_markdown(report)]
     lines += [
@@ -239,11 +225,8 @@ def performance_section(reports: Sequence[dict],
 
 
 def update_readme(readme: str, paths: Sequence[str]) -> bool:
-    """Replace the Performance section of ``readme`` from JSON reports.
-
-    Returns:
-        bool: Whether the file changed (it is not rewritten otherwise).
-    """
+    """Replace the Performance section of ``readme`` from JSON reports;
+    return whether the file changed (it is not rewritten otherwise)."""
     if not paths:
         raise ValueError('No reports given: pass the JSON files written '
                          'by --out.')

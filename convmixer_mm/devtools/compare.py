@@ -12,7 +12,6 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner
 
 from ..apis.complexity import count_complexity
 from ..engine.config import build_runner
@@ -21,17 +20,9 @@ from .curves import Curve, epoch_curves, load_scalars, plot_curves
 
 @dataclass
 class Budget:
-    """The training every model gets.
-
-    Args:
-        epochs (int): Training epochs; schedules that end at the config's
-            ``max_epochs`` are stretched or shrunk to end here.
-        train_size (int, optional): Train on the first ``train_size``
-            images of the training set. Defaults to None (all).
-        val_size (int, optional): Validate on the first ``val_size`` images
-            of the validation set. Defaults to None (all).
-        seed (int): Random seed of every run. Defaults to 0.
-    """
+    """The training every model gets: ``epochs`` (schedules that end at
+    the config's ``max_epochs`` end there), the first ``train_size`` and
+    ``val_size`` images (None: all) and the seed."""
     epochs: int
     train_size: Optional[int] = None
     val_size: Optional[int] = None
@@ -45,7 +36,6 @@ class Budget:
                 raise ValueError(f'{name}={value!r} must be a positive int.')
 
     def describe(self) -> str:
-        """The budget in words, for the table's caption."""
         train, val = ('all' if n is None else f'the first {n}'
                       for n in (self.train_size, self.val_size))
         return (f'{self.epochs} epochs on {train} training images, '
@@ -72,33 +62,29 @@ class TrainSpeedHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self) -> None:
-        self.images, self.seconds, self._start = 0, 0., 0.
+        self.images, self.seconds, self.start = 0, 0., 0.
 
-    def before_train_epoch(self, runner: Runner) -> None:
-        self._start = time.perf_counter()
+    def before_train_epoch(self, runner) -> None:
+        self.start = time.perf_counter()
 
-    def after_train_iter(self, runner: Runner, batch_idx: int,
-                         data_batch: Optional[dict] = None,
-                         outputs: Optional[dict] = None) -> None:
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
         self.images += len(data_batch['inputs'])
 
-    def after_train_epoch(self, runner: Runner) -> None:
-        self.seconds += time.perf_counter() - self._start
+    def after_train_epoch(self, runner) -> None:
+        self.seconds += time.perf_counter() - self.start
 
 
 def apply_budget(cfg: Config, budget: Budget, work_dir: str) -> Config:
-    """A copy of ``cfg`` that trains on ``budget`` into ``work_dir``.
-
-    Validation runs after every epoch; only the last checkpoint is kept.
-    """
+    """A copy of ``cfg`` that trains on ``budget`` into ``work_dir``,
+    validating after every epoch and keeping the last checkpoint only."""
     cfg = copy.deepcopy(cfg)
     old_epochs = cfg.train_cfg.get('max_epochs')
     if not cfg.train_cfg.get('by_epoch', True) or old_epochs is None:
         raise ValueError('The comparison needs epoch-based configs '
                          '(train_cfg.by_epoch=True with max_epochs).')
     cfg.work_dir = work_dir
-    cfg.train_cfg.max_epochs = budget.epochs
-    cfg.train_cfg.val_interval = 1
+    cfg.train_cfg.update(max_epochs=budget.epochs, val_interval=1)
     schedulers = cfg.get('param_scheduler') or []
     if isinstance(schedulers, dict):
         schedulers = [schedulers]
@@ -115,14 +101,10 @@ def apply_budget(cfg: Config, budget: Budget, work_dir: str) -> Config:
 
 def train_one(cfg: Config, name: str, budget: Budget,
               work_dir: str) -> RunResult:
-    """Train one config, labelled ``name``, on the budget in ``work_dir``.
-
-    Returns:
-        RunResult: Params and FLOPs at the input size of the data, the
-        last validation top-1, training throughput and wall time.
-    """
-    cfg = apply_budget(cfg, budget, work_dir)
-    runner = build_runner(cfg)
+    """Train one config, labelled ``name``, on the budget in ``work_dir``:
+    params and FLOPs at the data's input size, last validation top-1,
+    training throughput and wall time."""
+    runner = build_runner(apply_budget(cfg, budget, work_dir))
     speed = TrainSpeedHook()
     runner.register_hook(speed)
     start = time.perf_counter()
@@ -135,14 +117,10 @@ def train_one(cfg: Config, name: str, budget: Budget,
     curves = epoch_curves(
         load_scalars(runner.log_dir), ('loss', 'accuracy/top1'))
     return RunResult(
-        name=name,
-        params=complexity['params'],
-        flops=complexity['flops'],
-        input_shape=input_shape,
-        accuracy=curves['accuracy/top1'][1][-1],
+        name=name, params=complexity['params'], flops=complexity['flops'],
+        input_shape=input_shape, accuracy=curves['accuracy/top1'][1][-1],
         train_images_per_s=speed.images / speed.seconds,
-        wall_time_s=wall_time,
-        curves=curves)
+        wall_time_s=wall_time, curves=curves)
 
 
 def markdown_table(results: Sequence[RunResult], budget: Budget) -> str:
@@ -169,22 +147,10 @@ def compare(configs: Sequence[str],
             budget: Budget,
             work_dir: str,
             out_dir: Optional[str] = None) -> List[RunResult]:
-    """Train each config on the same budget; write a table and a plot.
-
-    Writes ``comparison.md`` (markdown table), ``comparison.png``
-    (per-epoch train loss and val top-1 of every model) and
-    ``comparison.json`` into ``out_dir``.
-
-    Args:
-        configs (Sequence[str]): Config files, trained in this order.
-        budget (Budget): Epochs and data for every config.
-        work_dir (str): Each config trains in ``work_dir/<config name>``.
-        out_dir (str, optional): Where the table and plot go. Defaults to
-            ``work_dir``.
-
-    Returns:
-        list[RunResult]: One per config.
-    """
+    """Train each config in ``work_dir/<config name>`` on the same budget;
+    write ``comparison.md`` (the table), ``comparison.png`` (per-epoch
+    train loss and val top-1 of every model) and ``comparison.json`` into
+    ``out_dir`` (default: ``work_dir``)."""
     if not configs:
         raise ValueError('Pass at least one config to compare.')
     missing = [c for c in configs if not osp.isfile(c)]

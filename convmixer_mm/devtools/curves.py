@@ -6,29 +6,24 @@ import os.path as osp
 from collections import defaultdict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-
 Curve = Tuple[List[int], List[float]]
-
 DEFAULT_KEYS = ('loss', 'lr', 'accuracy/top1')
 
 
 def find_scalars(path: str) -> str:
-    """The ``scalars.json`` of a work dir, a run dir, or the file itself.
-
-    mmengine writes ``WORK_DIR/<timestamp>/vis_data/scalars.json`` per run;
-    the newest run that has one is used.
-    """
+    """The ``scalars.json`` of a work dir (its newest run that has one:
+    mmengine writes ``WORK_DIR/<timestamp>/vis_data/scalars.json``), of a
+    run dir, or the file itself."""
     if osp.isfile(path):
         return path
     if not osp.isdir(path):
         raise FileNotFoundError(
             f'{path!r} does not exist: pass the work dir of a training run '
             '(e.g. work_dirs/<config name>) or its scalars.json.')
-    runs = [''] + sorted(os.listdir(path), reverse=True)
-    for run in runs:
-        candidate = osp.join(path, run, 'vis_data', 'scalars.json')
-        if osp.isfile(candidate):
-            return candidate
+    for run in [''] + sorted(os.listdir(path), reverse=True):
+        scalars = osp.join(path, run, 'vis_data', 'scalars.json')
+        if osp.isfile(scalars):
+            return scalars
     raise FileNotFoundError(
         f'No vis_data/scalars.json under {path!r}: it is written by '
         "mmengine's LocalVisBackend once training has logged (keep "
@@ -55,26 +50,11 @@ def load_scalars(path: str) -> List[dict]:
 
 def epoch_curves(records: Sequence[dict],
                  keys: Sequence[str] = DEFAULT_KEYS) -> Dict[str, Curve]:
-    """Per-epoch values of logged scalars.
+    """``key -> (epochs, values)`` of logged scalars.
 
     Training records carry an ``epoch`` and are averaged over it (the
     logger writes one every ``interval`` iterations); validation records
     carry the epoch as ``step`` (epoch-based loops) and are taken as is.
-
-    Args:
-        records (Sequence[dict]): Records of a ``scalars.json``.
-        keys (Sequence[str]): Scalars to extract. Defaults to
-            ``('loss', 'lr', 'accuracy/top1')``.
-
-    Returns:
-        dict[str, tuple]: ``key -> (epochs, values)``.
-
-    Example:
-        >>> records = [dict(loss=2., epoch=1, step=5),
-        ...            dict(loss=1., epoch=1, step=10),
-        ...            {'accuracy/top1': 70., 'step': 1}]
-        >>> epoch_curves(records, ['loss', 'accuracy/top1'])
-        {'loss': ([1], [1.5]), 'accuracy/top1': ([1], [70.0])}
     """
     available = sorted({k for r in records for k in r} -
                        {'epoch', 'iter', 'step'})
@@ -97,14 +77,8 @@ def epoch_curves(records: Sequence[dict],
 def plot_curves(runs: Mapping[str, Mapping[str, Curve]],
                 out_file: str,
                 title: Optional[str] = None) -> None:
-    """Draw one panel per scalar and one line per run, as a PNG or PDF.
-
-    Args:
-        runs (Mapping): ``run label -> epoch_curves(...)``; every run must
-            have the same keys.
-        out_file (str): Image path; its directory must exist.
-        title (str, optional): Figure title. Defaults to None.
-    """
+    """One panel per scalar and one line per run (``label ->
+    epoch_curves(...)``, all with the same keys), as a PNG or PDF."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

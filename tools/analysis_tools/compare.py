@@ -12,11 +12,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from convmixer_mm.devtools.compare import Budget, compare
 from convmixer_mm.cli import USER_ERRORS, run
+from convmixer_mm.devtools.compare import Budget, compare
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description='Train several configs with the same budget and '
         'tabulate params, FLOPs, accuracy, speed and wall time.')
@@ -32,14 +32,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='parent of the per-config work dirs')
     add('--out-dir',
         help='where comparison.{md,png,json} go (default: --work-dir)')
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     budget = Budget(args.epochs, args.train_size, args.val_size, args.seed)
-    results = compare(args.configs, budget, args.work_dir, args.out_dir)
-    for r in results:
+    for r in compare(args.configs, budget, args.work_dir, args.out_dir):
         print(f'{r.name}: top-1 {r.accuracy:.2f}%, {r.params} params, '
               f'{r.flops} FLOPs, {r.train_images_per_s:.0f} img/s, '
               f'{r.wall_time_s:.0f} s')

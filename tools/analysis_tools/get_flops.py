@@ -15,7 +15,11 @@ from convmixer_mm.apis.complexity import config_complexity
 from convmixer_mm.cli import run
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def _human(count: int) -> str:
+    return f'{count / 1e9:.2f}G' if count >= 1e9 else f'{count / 1e6:.2f}M'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description='Count the parameters and FLOPs of a model.')
     parser.add_argument('config', help='config file')
@@ -23,18 +27,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--shape', type=int, nargs='+', default=[224, 224],
         help="input H W (or C H W; C defaults to the backbone's "
         'in_channels). Defaults to 224 224.')
-    return parser.parse_args(argv)
-
-
-def _human(count: int) -> str:
-    return f'{count / 1e9:.2f}G' if count >= 1e9 else f'{count / 1e6:.2f}M'
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     result = config_complexity(args.config, args.shape)
-    shape = 'x'.join(str(s) for s in result['input_shape'])
-    print(f'Input shape: {shape}')
+    print('Input shape: ' + 'x'.join(map(str, result['input_shape'])))
     print(f'Params: {result["params"]} ({_human(result["params"])})')
     print(f'FLOPs: {result["flops"]} ({_human(result["flops"])})')
 
