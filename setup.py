@@ -65,8 +65,10 @@ setup(
     keywords='computer vision, image classification, ConvMixer, OpenMMLab',
     packages=find_packages(exclude=('configs', 'tools', 'demo', 'tests')),
     include_package_data=True,
-    # The C source of the depthwise conv kernel, compiled at first use.
-    package_data={'convmixer_mm': ['.mim/**/*', '.mim/*', 'models/ops/*.c']},
+    # The C source of the kernels (compiled at first use), the README
+    # report's template.
+    package_data={'convmixer_mm': ['.mim/**/*', '.mim/*', 'models/ops/*.c',
+                                  'devtools/*.md']},
     python_requires='>=3.10',
     license='MIT',
     install_requires=[
