@@ -31,7 +31,7 @@ from mmengine.runner import CheckpointLoader
 from mmengine.runner.checkpoint import load_state_dict
 
 from ..models import ConvMixerClsHead, ConvMixerMM
-from ..utils import UserError, atomic_save_bytes
+from ..utils import UserError
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -105,24 +105,22 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None,
                         file_name: Optional[str] = None) -> str:
     """Download ``url`` once into torch.hub's cache; return the file.
 
-    It is written atomically, so concurrent ranks and killed downloads
-    never leave a truncated file under the final name.
+    torch.hub downloads to a temporary file and moves it in place, so
+    concurrent ranks and killed downloads never leave a truncated file
+    under the final name.
     """
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     name = file_name or osp.basename(urlparse(url).path) or 'checkpoint.pth'
     path = osp.join(model_dir, name)
-    if osp.isfile(path):
-        return path
-    os.makedirs(model_dir, exist_ok=True)
-    try:
-        atomic_save_bytes(
-            path, lambda tmp: torch.hub.download_url_to_file(
-                url, tmp, progress=False))
-    except OSError as e:  # URLError and HTTPError included
-        raise CheckpointError(
-            f'checkpoint {url!r} could not be downloaded ({_first_line(e)}): '
-            'check the URL and the network, or download it yourself and '
-            'pass the local file.') from None
+    if not osp.isfile(path):
+        os.makedirs(model_dir, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, progress=False)
+        except OSError as e:  # URLError and HTTPError included
+            raise CheckpointError(
+                f'checkpoint {url!r} could not be downloaded '
+                f'({_first_line(e)}): check the URL and the network, or '
+                'download it yourself and pass the local file.') from None
     return path
 
 
