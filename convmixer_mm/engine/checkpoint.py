@@ -124,11 +124,9 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None,
     return path
 
 
-def load_url(url: str,
-             model_dir: Optional[str] = None,
+def load_url(url: str, model_dir: Optional[str] = None,
              map_location: Union[str, Callable, None] = 'cpu',
-             file_name: Optional[str] = None,
-             **kwargs) -> dict:
+             file_name: Optional[str] = None, **kwargs) -> dict:
     """mmengine's ``load_url``, downloading with :func:`download_checkpoint`
     and reading with :func:`load_checkpoint_file`.
 
