@@ -1,7 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 from .checkpoint import (CheckpointError, check_fits, load_checkpoint_file,
-                         load_weights, register_safe_globals,
-                         route_remote_loads)
+                         load_weights)
 from .config import ConfigError, build_runner, load_config
 from .hooks import (CompileModelHook, ProgressLoggerHook, SafeCheckpointHook,
                     TestProgressBarHook)
@@ -9,13 +8,9 @@ from .optim_wrapper import MixedPrecisionOptimWrapper
 from .runner import ConvMixerRunner
 from .scheduler import PiecewiseLinearLR
 
-register_safe_globals()
-route_remote_loads()
-
 __all__ = [
     'CheckpointError', 'CompileModelHook', 'ConfigError', 'ConvMixerRunner',
     'MixedPrecisionOptimWrapper', 'PiecewiseLinearLR', 'ProgressLoggerHook',
     'SafeCheckpointHook', 'TestProgressBarHook', 'build_runner',
-    'check_fits', 'load_checkpoint_file', 'load_config', 'load_weights',
-    'register_safe_globals'
+    'check_fits', 'load_checkpoint_file', 'load_config', 'load_weights'
 ]

@@ -1,13 +1,12 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Checkpoints that load with ``weights_only`` and are written atomically.
+"""The one checkpoint module: safe reading, the layout table, the fit check
+and ``load_weights``.
 
-Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``, which
-refuses every Python type that is not allowlisted, while mmengine 0.10
-stores a few of its own and numpy types in the ``message_hub`` and ``meta``
-of a checkpoint. Importing this module (done by ``import convmixer_mm``)
-allowlists exactly those types, so our checkpoints load for testing,
-``load_from`` and ``resume`` with the check still on; anything else, such
-as a pickle whose ``__reduce__`` runs code, is still refused.
+torch >= 2.6 loads with ``weights_only=True``, which refuses every type not
+allowlisted; mmengine 0.10 stores a few of its own and numpy types in a
+checkpoint's ``message_hub`` and ``meta``. Importing this module allowlists
+exactly those, so our checkpoints load with the check on, while a pickle
+whose ``__reduce__`` runs code is still refused.
 """
 import argparse
 import contextlib
@@ -27,13 +26,12 @@ import mmengine.runner.checkpoint as mm_checkpoint
 import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 from mmengine.runner.checkpoint import load_state_dict
 
 from ..models import ConvMixerClsHead, ConvMixerMM
-from ..utils import UserError, atomic_save_bytes
+from ..utils import UserError
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -44,11 +42,10 @@ def _numpy_core(name: str):
     return getattr(core.multiarray, name)
 
 
-#: Every non-tensor type an mmengine 0.10 training checkpoint holds, found
-#: with ``torch.serialization.get_unsafe_globals_in_checkpoint``: the
-#: message hub's ``HistoryBuffer``s of float64 / int64 arrays and its
-#: numpy scalars (the ETA). The numpy functions are also allowed under
-#: their numpy 1.x names, so checkpoints saved with either numpy load.
+#: The non-tensor types of an mmengine 0.10 training checkpoint (found with
+#: ``torch.serialization.get_unsafe_globals_in_checkpoint``): the message
+#: hub's ``HistoryBuffer``s and numpy scalars, the numpy functions also
+#: under their numpy 1.x names.
 SAFE_GLOBALS = [
     HistoryBuffer,
     np.ndarray,
@@ -66,14 +63,9 @@ SAFE_GLOBALS = [
 
 
 def _reduce_history_buffer(buffer: HistoryBuffer) -> tuple:
-    """Pickle a ``HistoryBuffer`` without its statistics methods.
-
-    ``HistoryBuffer.__getstate__`` adds the class-level table of statistics
-    methods, which pickle protocol 2 can only write as ``getattr(HistoryBuffer,
-    'min')`` calls, and ``builtins.getattr`` must not be allowlisted. The
-    table is rebuilt on import anyway, and ``__setstate__`` accepts a state
-    without it.
-    """
+    # ``HistoryBuffer.__getstate__`` adds the class's table of statistics
+    # methods, which pickles as ``builtins.getattr`` calls, which must not
+    # be allowlisted. The table is rebuilt on import anyway.
     state = dict(buffer.__dict__)
     state.pop('statistics_methods', None)
     return HistoryBuffer, (), state
@@ -81,8 +73,8 @@ def _reduce_history_buffer(buffer: HistoryBuffer) -> tuple:
 
 @contextlib.contextmanager
 def weights_only_pickling() -> Iterator[None]:
-    """Within it, ``torch.save`` writes ``HistoryBuffer``s loadable with
-    ``weights_only=True`` (see :func:`_reduce_history_buffer`)."""
+    """Within it, ``torch.save`` writes ``HistoryBuffer``s that load with
+    ``weights_only=True``."""
     previous = copyreg.dispatch_table.get(HistoryBuffer)
     copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
     try:
@@ -98,14 +90,9 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or does not fit."""
 
 
-def register_safe_globals() -> None:
-    """Allowlist the types of mmengine checkpoints for ``torch.load``."""
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
-
-
 def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else \
-        type(error).__name__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def is_remote(filename: str) -> bool:
@@ -116,44 +103,35 @@ def is_remote(filename: str) -> bool:
 
 def download_checkpoint(url: str, model_dir: Optional[str] = None,
                         file_name: Optional[str] = None) -> str:
-    """Download ``url`` into torch.hub's checkpoint cache, once.
+    """Download ``url`` once into torch.hub's cache; return the file.
 
-    The download goes to a temporary sibling and is renamed in place when
-    complete, so concurrent ranks and killed downloads never leave a
-    truncated file under the final name.
-
-    Returns:
-        str: The cached file.
+    torch.hub downloads to a temporary file and moves it in place, so
+    concurrent ranks and killed downloads never leave a truncated file
+    under the final name.
     """
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     name = file_name or osp.basename(urlparse(url).path) or 'checkpoint.pth'
     path = osp.join(model_dir, name)
-    if osp.isfile(path):
-        return path
-    os.makedirs(model_dir, exist_ok=True)
-    try:
-        atomic_save_bytes(
-            path, lambda tmp: torch.hub.download_url_to_file(
-                url, tmp, progress=False))
-    except OSError as e:  # URLError and HTTPError included
-        raise CheckpointError(
-            f'checkpoint {url!r} could not be downloaded ({_first_line(e)}): '
-            'check the URL and the network, or download it yourself and '
-            'pass the local file.') from None
+    if not osp.isfile(path):
+        os.makedirs(model_dir, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, progress=False)
+        except OSError as e:  # URLError and HTTPError included
+            raise CheckpointError(
+                f'checkpoint {url!r} could not be downloaded '
+                f'({_first_line(e)}): check the URL and the network, or '
+                'download it yourself and pass the local file.') from None
     return path
 
 
-def load_url(url: str,
-             model_dir: Optional[str] = None,
+def load_url(url: str, model_dir: Optional[str] = None,
              map_location: Union[str, Callable, None] = 'cpu',
-             file_name: Optional[str] = None,
-             **kwargs) -> dict:
-    """Download a checkpoint and read it with :func:`load_checkpoint_file`.
+             file_name: Optional[str] = None, **kwargs) -> dict:
+    """mmengine's ``load_url``, downloading with :func:`download_checkpoint`
+    and reading with :func:`load_checkpoint_file`.
 
-    A download the safe reader refuses (unsafe or corrupt) is removed from
-    the cache, so it is neither kept nor trusted on the next call. Takes
-    the arguments of mmengine's ``load_url`` (``torch.hub``'s), which it
-    replaces (see :func:`route_remote_loads`).
+    A download the safe reader refuses is removed from the cache, so it is
+    neither kept nor trusted on the next call.
     """
     path = download_checkpoint(url, model_dir, file_name)
     try:
@@ -163,52 +141,14 @@ def load_url(url: str,
         raise CheckpointError(str(e).replace(repr(path), repr(url))) from None
 
 
-def _load_from_http(filename: str, map_location=None, **kwargs) -> dict:
-    """mmengine's http(s) scheme; rank 0 downloads, then every other rank
-    reads the shared cached file."""
-    rank, world_size = get_dist_info()
-    if rank > 0:
-        torch.distributed.barrier()
-    checkpoint = load_url(filename, map_location=map_location)
-    if rank == 0 and world_size > 1:
-        torch.distributed.barrier()
-    return checkpoint
-
-
-def route_remote_loads() -> None:
-    """Send every checkpoint mmengine reads through the safe reader.
-
-    mmengine 0.10 reads http(s) checkpoints (and, through them,
-    ``open-mmlab://``, ``torchvision://`` and ``mmcls://`` names) with
-    ``torch.hub.load_state_dict_from_url``, which unpickles with
-    ``weights_only`` off: a checkpoint URL could run code. Those schemes
-    and local files are re-registered here, and the module-level
-    ``load_url`` that the indirect schemes call is replaced, so that
-    ``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')`` and
-    mmpretrain's ``get_model(pretrained=...)`` all use
-    :func:`load_checkpoint_file`.
-    """
-    mm_checkpoint.load_url = load_url
-    CheckpointLoader.register_scheme(
-        ['http://', 'https://'], _load_from_http, force=True)
-    CheckpointLoader.register_scheme(
-        '', lambda name, map_location=None: _read_local(name, map_location),
-        force=True)
-
-
 def load_checkpoint_file(filename: str,
                          map_location: Union[str, Callable] = 'cpu') -> dict:
     """Load a checkpoint with ``weights_only=True`` and clear errors.
 
-    ``filename`` is a local path (``.safetensors`` too), or a ``scheme://``
-    name that one of mmengine's ``CheckpointLoader`` schemes reads:
-    ``http(s)://`` URLs are downloaded once into torch.hub's cache and read
-    here (see :func:`route_remote_loads`), the official release's URLs are
-    also converted (see ``convmixer_mm.apis.hub``).
-
-    Raises:
-        CheckpointError: The file is missing, corrupt or truncated, or holds
-            types outside the allowlist (and might run code if unpickled).
+    ``filename`` is a local path (``.safetensors`` too) or a ``scheme://``
+    name that one of mmengine's ``CheckpointLoader`` schemes reads (URLs
+    through :func:`load_url`). Raises :class:`CheckpointError` if it is
+    missing, corrupt, or holds types outside the allowlist.
     """
     if not is_remote(filename):
         return _read_local(filename, map_location)
@@ -216,7 +156,8 @@ def load_checkpoint_file(filename: str,
 
 
 def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
-    if not osp.isfile(osp.expanduser(filename)):
+    path = osp.expanduser(filename)
+    if not osp.isfile(path):
         raise CheckpointError(
             f'checkpoint {filename!r} does not exist: check the path (or '
             'the `last_checkpoint` file of the work dir for --resume auto).')
@@ -224,15 +165,16 @@ def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(osp.expanduser(filename))
+            return load_file(path)
         except SafetensorError as e:
             raise CheckpointError(
                 f'{filename} is not a safetensors checkpoint: {e}') from None
+    corrupt = (f'checkpoint {filename!r} is corrupt or truncated ({{}}): '
+               'use an earlier checkpoint of the work dir or save / '
+               'download it again.')
     try:
         checkpoint = torch.load(
-            osp.expanduser(filename),
-            map_location=map_location,
-            weights_only=True)
+            path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the Python object it refused
         # ("unsupported GLOBAL posix.system", "Can only build ..."); any
@@ -244,9 +186,7 @@ def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
         ]
         if not unsafe:
             raise CheckpointError(
-                f'checkpoint {filename!r} is corrupt or truncated (not a '
-                'valid pickle): use an earlier checkpoint of the work dir '
-                'or save / download it again.') from None
+                corrupt.format('not a valid pickle')) from None
         raise CheckpointError(
             f'checkpoint {filename!r} was refused: it holds Python objects '
             'that are not weights and could run code when loaded '
@@ -255,10 +195,7 @@ def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
             'for a file you do not trust.') from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError,
             IndexError, TypeError, zipfile.BadZipFile) as e:
-        raise CheckpointError(
-            f'checkpoint {filename!r} is corrupt or truncated '
-            f'({_first_line(e)}): use an earlier checkpoint of the work dir '
-            'or save / download it again.') from None
+        raise CheckpointError(corrupt.format(_first_line(e))) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f'checkpoint {filename!r} holds a {type(checkpoint).__name__}, '
@@ -266,6 +203,44 @@ def _read_local(filename: str, map_location: Union[str, Callable]) -> dict:
             'by the converter.')
     verify_sha256(checkpoint, filename)
     return checkpoint
+
+
+def tensors_sha256(checkpoint: dict) -> str:
+    """The sha256 of every tensor of a checkpoint outside its ``meta``.
+
+    Each tensor's path, dtype and shape are hashed with its bytes, so a
+    flipped byte, a swapped or a reshaped tensor all change the digest.
+    """
+    digest = hashlib.sha256()
+
+    def visit(path: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f'{path}:{value.dtype}:{list(value.shape)}'.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(
+                torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(f'{path}.{key}', item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f'{path}.{index}', item)
+
+    for key, value in checkpoint.items():
+        if key != 'meta':
+            visit(key, value)
+    return digest.hexdigest()
+
+
+def verify_sha256(checkpoint: dict, filename: str) -> None:
+    """Raise if the tensors differ from the ``tensors_sha256`` in the
+    ``meta``; a checkpoint without one passes."""
+    meta = checkpoint.get('meta')
+    expected = meta.get('tensors_sha256') if isinstance(meta, dict) else None
+    if expected is not None and tensors_sha256(checkpoint) != expected:
+        raise CheckpointError(
+            f'checkpoint {filename!r} is corrupt: its tensors do not match '
+            'the sha256 saved with them (bit rot, or an incomplete copy): '
+            'use an earlier checkpoint of the work dir or copy it again.')
 
 
 #: Key prefixes of each layout, ``(theirs, ours)``: the one table of
@@ -296,10 +271,9 @@ def _sample(mapping: Mapping, n: int = 6) -> str:
 
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> StateDict:
-    """Unwrap a loaded checkpoint (a state dict, or a dict holding one
-    under ``state_dict``, ``model`` or, with ``use_ema``, timm's
-    ``state_dict_ema``) to its tensors, in file order, without a
-    ``module.`` prefix."""
+    """The tensors of a loaded checkpoint, in file order, without a
+    ``module.`` prefix: the checkpoint itself, or the dict it holds under
+    ``state_dict`` or ``model`` (``state_dict_ema`` with ``use_ema``)."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
             'A checkpoint must be a dict of tensors or a dict wrapping one, '
@@ -337,8 +311,8 @@ def detect_layout(state: StateDict) -> Optional[str]:
 
 
 def count_blocks(state: Mapping, key: str, first: int = 0) -> int:
-    """The number of blocks: ``key.format(first + i)`` is in ``state`` for
-    each."""
+    """How many of ``key.format(first)``, ``key.format(first + 1)``, ...
+    are in ``state``."""
     depth = 0
     while key.format(first + depth) in state:
         depth += 1
@@ -363,11 +337,8 @@ def _rename(state: StateDict, pairs: List[Tuple[str, str]],
 
 
 def to_mm_layout(state: StateDict) -> Tuple[StateDict, str]:
-    """Rename any ConvMixer state dict to the mmpretrain layout.
-
-    Returns:
-        tuple: The renamed state dict and the detected source layout.
-    """
+    """Rename any ConvMixer state dict to the mmpretrain layout; return it
+    and the detected source layout."""
     layout = detect_layout(state)
     if layout is None:
         raise CheckpointError(
@@ -391,9 +362,8 @@ def from_mm_layout(state: StateDict, layout: str) -> StateDict:
 
 
 def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
-    """Every key and shape of our ConvMixer classifier of ``arch``
-    (``embed_dims``, ``depth``, ``kernel_size``, ``patch_size``,
-    ``in_channels`` and ``num_classes``), read from the model itself, built
+    """Every key and shape of our classifier of ``arch`` (the essential
+    keys, ``in_channels`` and ``num_classes``), read from the model built
     on the meta device (no memory, no init), so it cannot drift from it."""
     with torch.device('meta'):
         parts = dict(
@@ -411,9 +381,8 @@ def model_shapes(arch: Mapping[str, int]) -> Dict[str, Tuple[int, ...]]:
 
 def mismatches(state: Mapping[str, torch.Tensor],
                shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, str]:
-    """What is wrong with each bad key of ``state`` against the model's
-    shapes: ``missing from the checkpoint``, ``not in the model`` or
-    ``checkpoint (a, b) vs model (c, d)``."""
+    """What is wrong with each bad key: ``missing from the checkpoint``,
+    ``not in the model`` or ``checkpoint (a, b) vs model (c, d)``."""
     problems = {}
     for key, shape in shapes.items():
         if key not in state:
@@ -432,9 +401,8 @@ def raise_mismatches(state: Mapping[str, torch.Tensor],
                      what: str,
                      fix: str = '',
                      limit: int = 10) -> None:
-    """Raise a :class:`CheckpointError` that says ``what`` and lists the
-    :func:`mismatches` key by key (at most ``limit``), then ``fix``; do
-    nothing if there are none."""
+    """If there are :func:`mismatches`, raise a :class:`CheckpointError`
+    that says ``what``, lists ``limit`` of them, then says ``fix``."""
     problems = mismatches(state, shapes)
     if not problems:
         return
@@ -451,96 +419,65 @@ def check_fits(model: nn.Module,
                filename: str,
                strict: bool,
                tolerated_prefix: str = 'head.') -> StateDict:
-    """Return the state dict of a loaded checkpoint (any ConvMixer layout
-    or the model's own keys) in the model's keys; raise a
-    :class:`CheckpointError` naming ``filename`` unless it fits the
-    (unwrapped) model.
+    """The state dict of a loaded checkpoint (any ConvMixer layout) in the
+    model's keys; a :class:`CheckpointError` in one line unless it fits.
 
-    ``strict``: every key and shape must match. Otherwise (fine-tuning with
-    ``load_from``) keys under ``tolerated_prefix`` may be missing, extra or
-    of another shape; some key must be shared in any case.
+    Not ``strict`` (fine-tuning with ``load_from``), keys under
+    ``tolerated_prefix`` may be missing, extra or of another shape; some
+    key must be shared in any case.
     """
     state = extract_state_dict(checkpoint)
     if detect_layout(state) in ('official', 'timm'):
         state = to_mm_layout(state)[0]
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = {
-        k: why
-        for k, why in mismatches(state, shapes).items()
-        if strict or not k.startswith(tolerated_prefix)
-    }
+    problems = [(k, why) for k, why in mismatches(state, shapes).items()
+                if strict or not k.startswith(tolerated_prefix)]
     if not problems and set(shapes) & set(state):
         return state
-    kinds = {'checkpoint': 'shape mismatches', 'missing': 'missing keys',
-             'not': 'unexpected keys'}
-    found = {
-        label: [f'{k}: {why}' for k, why in problems.items()
-                if why.startswith(start)]
-        for start, label in kinds.items()
-    }
-    summary = '; '.join(f'{len(items)} {label} (e.g. {items[0]})'
-                        for label, items in found.items() if items)
+    summary = []
+    for start, label in (('checkpoint', 'shape mismatches'),
+                         ('missing', 'missing keys'),
+                         ('not', 'unexpected keys')):
+        found = [f'{k}: {why}' for k, why in problems if why.startswith(start)]
+        if found:
+            summary.append(f'{len(found)} {label} (e.g. {found[0]})')
     raise CheckpointError(
         f'checkpoint {filename!r} does not fit the model of this config: '
-        f'{summary or "no key in common"}. It was trained for another '
-        'architecture: use the config it was trained with, or a checkpoint '
-        'of this model.')
+        f'{"; ".join(summary) or "no key in common"}. It was trained for '
+        'another architecture: use the config it was trained with, or a '
+        'checkpoint of this model.')
 
 
 def load_weights(model: nn.Module,
                  source: Union[str, dict],
                  strict: bool = True,
                  name: Optional[str] = None) -> dict:
-    """Load a checkpoint file (read with :func:`load_checkpoint_file`) or
-    a loaded checkpoint into the unwrapped ``model`` after
-    :func:`check_fits` (see it for ``strict``); return the checkpoint.
-    ``name`` is the checkpoint's name in messages (default: the path).
+    """Load a checkpoint file or a loaded checkpoint into the unwrapped
+    ``model`` after :func:`check_fits`; return the checkpoint. ``name``
+    names it in messages (default: the path).
 
     The one way weights reach a model: for testing, resuming, fine-tuning,
     inference, the hub, the converter and the benchmark.
     """
-    checkpoint = load_checkpoint_file(source) if isinstance(source,
-                                                            str) else source
-    name = name or (source if isinstance(source, str) else 'checkpoint')
+    if isinstance(source, str):
+        checkpoint, name = load_checkpoint_file(source), name or source
+    else:
+        checkpoint, name = source, name or 'checkpoint'
     state = check_fits(model, checkpoint, name, strict)
     # mmengine's loader skips (and logs) the tolerated head mismatches.
     load_state_dict(model, state, strict=strict)
     return checkpoint
 
 
-def tensors_sha256(checkpoint: dict) -> str:
-    """The sha256 of every tensor of a checkpoint outside its ``meta``.
-
-    Each tensor's path, dtype and shape are hashed with its bytes, so a
-    flipped byte, a swapped or a reshaped tensor all change the digest.
-    """
-    digest = hashlib.sha256()
-
-    def visit(path: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            digest.update(f'{path}:{value.dtype}:{list(value.shape)}'.encode())
-            digest.update(value.detach().cpu().contiguous().reshape(-1).view(
-                torch.uint8).numpy())
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                visit(f'{path}.{key}', item)
-        elif isinstance(value, (list, tuple)):
-            for index, item in enumerate(value):
-                visit(f'{path}.{index}', item)
-
-    for key, value in checkpoint.items():
-        if key != 'meta':
-            visit(key, value)
-    return digest.hexdigest()
-
-
-def verify_sha256(checkpoint: dict, filename: str) -> None:
-    """Raise if the checkpoint's tensors differ from the digest saved in its
-    ``meta`` (``tensors_sha256``); a checkpoint without one passes."""
-    meta = checkpoint.get('meta')
-    expected = meta.get('tensors_sha256') if isinstance(meta, dict) else None
-    if expected is not None and tensors_sha256(checkpoint) != expected:
-        raise CheckpointError(
-            f'checkpoint {filename!r} is corrupt: its tensors do not match '
-            'the sha256 saved with them (bit rot, or an incomplete copy): '
-            'use an earlier checkpoint of the work dir or copy it again.')
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
+# Every checkpoint mmengine reads goes through the safe reader. mmengine
+# 0.10 reads URLs (and the ``open-mmlab://``, ``torchvision://`` and
+# ``mmcls://`` names that end in URLs) with torch.hub's ``load_url``, which
+# unpickles with ``weights_only`` off: a checkpoint URL could run code.
+# Replacing the ``load_url`` its http(s) scheme calls, and its local-file
+# scheme, makes ``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')``
+# and mmpretrain's ``get_model(pretrained=...)`` safe.
+mm_checkpoint.load_url = load_url
+CheckpointLoader.register_scheme(
+    '', lambda name, map_location=None: _read_local(name, map_location),
+    force=True)

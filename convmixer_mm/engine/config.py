@@ -1,6 +1,5 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Read a config and build its runner: what the tools and the library
-share (the command lines only add their arguments on top)."""
+"""Read a config and build its runner, for the tools and the library."""
 import os.path as osp
 
 from mmengine.config import Config

@@ -1,7 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Hooks: checkpoints safe against kills and bit rot that resume exactly,
-progress (a training line every N iterations or T seconds, a test progress
-bar), ``torch.compile`` for training."""
+progress lines and bar, ``torch.compile`` for training."""
 import os.path as osp
 import random
 import shutil
@@ -50,18 +49,15 @@ class SafeCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook``, safe against kills and bit rot, and
     resuming exactly.
 
-    - Outdated checkpoints (``max_keep_ckpts``) are removed only after the
-      new one is complete and ``last_checkpoint`` (rewritten atomically)
+    - Outdated checkpoints (``max_keep_ckpts``) are removed only once the
+      new one is complete and ``last_checkpoint`` (written atomically)
       names it, so a kill at any moment leaves ``max_keep_ckpts`` complete
-      checkpoints. mmengine removes them before saving.
-    - Each checkpoint's ``meta`` holds the sha256 of its tensors, which
-      :func:`~convmixer_mm.engine.load_checkpoint_file` verifies.
-    - Each checkpoint holds the random generators' states, restored when
-      resuming; validation runs on a copy of them, so the states saved
-      after an epoch are those the next epoch starts from. An epoch-based
-      run resumed in one process then repeats the uninterrupted run's steps
-      bit for bit; persistent dataloader workers keep their own states,
-      which are not saved.
+      checkpoints; mmengine removes them before saving.
+    - ``meta`` holds the sha256 of the tensors, which the reader verifies.
+    - The random generators' states are saved and restored on resume;
+      validation runs on a copy of them. A run resumed in one process then
+      repeats the uninterrupted run bit for bit (persistent dataloader
+      workers keep their own states, which are not saved).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -103,28 +99,23 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Add the generators' states and the tensors' sha256."""
         checkpoint['rng_states'] = rng_states()
         checkpoint['meta']['tensors_sha256'] = tensors_sha256(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Keep the generators' states of a checkpoint resumed from."""
         if runner._resume and 'rng_states' in checkpoint:
             self._resumed_rng = checkpoint['rng_states']
 
     def before_train(self, runner) -> None:
-        """Restore the generators' states when resuming."""
         super().before_train(runner)
         if self._resumed_rng is not None:
             set_rng_states(self._resumed_rng)
             self._resumed_rng = None
 
     def before_val(self, runner) -> None:
-        """Keep the training's generator states away from validation."""
         self._train_rng = rng_states()
 
     def after_val(self, runner) -> None:
-        """Restore the training's generator states."""
         if self._train_rng is not None:
             set_rng_states(self._train_rng)
             self._train_rng = None
@@ -132,10 +123,8 @@ class SafeCheckpointHook(CheckpointHook):
 
 @HOOKS.register_module()
 class TestProgressBarHook(Hook):
-    """Show a progress bar with the ETA over the test batches.
-
-    Only the main process draws it; it counts batches of that process.
-    """
+    """A progress bar with the ETA over the test batches of the main
+    process."""
 
     # Before the LoggerHook (BELOW_NORMAL) prints the metrics.
     priority = 'NORMAL'
@@ -144,19 +133,16 @@ class TestProgressBarHook(Hook):
         self._bar: Optional[ProgressBar] = None
 
     def before_test_epoch(self, runner) -> None:
-        """Start the bar."""
         if is_main_process():
             self._bar = ProgressBar(len(runner.test_dataloader))
 
     def after_test_iter(self, runner, batch_idx: int,
                         data_batch: Optional[dict] = None,
                         outputs: Optional[Sequence] = None) -> None:
-        """Advance the bar by one batch."""
         if self._bar is not None:
             self._bar.update()
 
     def after_test_epoch(self, runner, metrics: Optional[dict] = None) -> None:
-        """End the bar's line."""
         if self._bar is not None:
             self._bar.file.write('\n')
             self._bar.file.flush()
@@ -165,16 +151,10 @@ class TestProgressBarHook(Hook):
 
 @HOOKS.register_module()
 class ProgressLoggerHook(LoggerHook):
-    """mmengine's ``LoggerHook`` that also logs a training line (with the
-    ETA) whenever ``time_interval`` seconds have passed since the last one,
-    so a slow machine is never silent for long.
-
-    The extra lines go to the log only; ``vis_data/scalars.json`` keeps its
-    every-``interval`` entries.
-
-    Args:
-        time_interval (float): Longest silence in seconds. Defaults to 10.
-        **kwargs: ``LoggerHook``'s arguments, ``interval`` included.
+    """mmengine's ``LoggerHook`` that also logs a training line whenever
+    ``time_interval`` seconds have passed since the last one, so a slow
+    machine is never silent for long. The extra lines go to the log only,
+    not to ``vis_data/scalars.json``.
     """
 
     def __init__(self, time_interval: float = 10., **kwargs) -> None:
@@ -183,13 +163,11 @@ class ProgressLoggerHook(LoggerHook):
         self._last_line = time.monotonic()
 
     def before_train(self, runner) -> None:
-        """Start the clock."""
         self._last_line = time.monotonic()
 
     def after_train_iter(self, runner, batch_idx: int,
                          data_batch: Optional[dict] = None,
                          outputs: Optional[dict] = None) -> None:
-        """Log every ``interval`` iterations or ``time_interval`` s."""
         now = time.monotonic()
         if self.every_n_inner_iters(batch_idx, self.interval) or \
                 self.end_of_epoch(runner.train_dataloader, batch_idx):
@@ -204,20 +182,14 @@ class ProgressLoggerHook(LoggerHook):
 
 @HOOKS.register_module()
 class CompileModelHook(Hook):
-    """``torch.compile`` submodules of the model in place before training.
+    """``torch.compile`` the ``modules`` of the model in place before
+    training, with ``torch.compile``'s ``**kwargs``.
 
     mmengine's ``compile=True`` compiles the whole ``train_step``, whose
-    logging and optimizer code make dynamo recompile every iteration (on
-    2 CPU cores the Fashion-MNIST config then trains at a third of eager
-    speed). Compiling the network alone gives the fused kernels without
-    that; ``nn.Module.compile`` keeps the state-dict keys. On CPU it needs
-    a C++ compiler (without one it warns and leaves the model eager) and
-    compiles for tens of seconds at start, cached across runs.
-
-    Args:
-        modules (Sequence[str]): Attribute names of the submodules to
-            compile. Defaults to ``('backbone', )``.
-        **kwargs: Arguments of ``torch.compile``.
+    logging and optimizer code make dynamo recompile every iteration (on 2
+    CPU cores the Fashion-MNIST config then trains at a third of eager
+    speed). ``nn.Module.compile`` keeps the state-dict keys. On CPU it
+    needs a C++ compiler (without one it warns and stays eager).
 
     Example:
         >>> custom_hooks = [dict(type='CompileModelHook')]
@@ -233,7 +205,6 @@ class CompileModelHook(Hook):
     def before_run(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        # Inductor generates C++ on CPU, which needs a compiler.
         on_cpu = all(p.device.type == 'cpu' for p in model.parameters())
         if self.kwargs.get('backend', 'inductor') == 'inductor' and on_cpu \
                 and not any(map(shutil.which, ('g++', 'c++', 'clang++'))):

@@ -21,19 +21,10 @@ class MixedPrecisionOptimWrapper(AmpOptimWrapper):
     """``AmpOptimWrapper`` that also runs on CPU.
 
     On an accelerator it is mmengine's ``AmpOptimWrapper`` (fp16 with a
-    loss scaler by default, or ``dtype='bfloat16'``). mmengine's wrapper
-    refuses to build on a CPU-only machine; there this one autocasts to
-    bfloat16, which needs no loss scaling, and otherwise steps like a plain
-    ``OptimWrapper``. Configs that ask for AMP therefore build and train
-    anywhere.
-
-    Args:
-        loss_scale (str | float | dict): Loss scaling on an accelerator, as
-            in ``AmpOptimWrapper``. Unused on CPU. Defaults to 'dynamic'.
-        dtype (str | torch.dtype, optional): Autocast dtype. On CPU only
-            bfloat16 is supported and None means bfloat16. Defaults to None.
-        **kwargs: Arguments of ``OptimWrapper`` (``optimizer``,
-            ``clip_grad``, ``accumulative_counts``).
+    loss scaler by default, or ``dtype='bfloat16'``), which refuses to
+    build on a CPU-only machine. There this one autocasts to bfloat16,
+    which needs no loss scaling (``loss_scale`` is unused), and steps like
+    a plain ``OptimWrapper``: configs that ask for AMP train anywhere.
     """
 
     def __init__(self,
@@ -53,26 +44,23 @@ class MixedPrecisionOptimWrapper(AmpOptimWrapper):
         self._scale_update_param = None
 
     def _base(self):
-        """``AmpOptimWrapper``'s methods where there is a loss scaler (on an
-        accelerator), else the plain ``OptimWrapper``'s."""
+        """``AmpOptimWrapper``'s methods where there is a loss scaler, else
+        the plain ``OptimWrapper``'s."""
         if self.loss_scaler is None:
             return super(AmpOptimWrapper, self)
         return super()
 
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
-        """Backward, through the loss scaler where there is one."""
         self._base().backward(loss, **kwargs)
 
     def step(self, **kwargs) -> None:
-        """Clip gradients and step, through the loss scaler if any."""
         self._base().step(**kwargs)
 
     def state_dict(self) -> dict:
-        """The optimizer state, with the loss scaler's where there is one."""
         return self._base().state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state saved on either kind of device."""
+        # A state saved on an accelerator has a loss scaler's.
         if self.loss_scaler is None:
             state_dict = {
                 k: v for k, v in state_dict.items() if k != 'loss_scaler'

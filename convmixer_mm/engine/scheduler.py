@@ -4,7 +4,9 @@ from typing import Sequence
 
 import numpy as np
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
-from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
+from mmengine.optim.scheduler.param_scheduler import (INF,
+                                                      ConstantParamScheduler,
+                                                      _ParamScheduler)
 
 from mmpretrain.registry import PARAM_SCHEDULERS
 
@@ -13,29 +15,16 @@ from mmpretrain.registry import PARAM_SCHEDULERS
 class PiecewiseLinearLR(LRSchedulerMixin, _ParamScheduler):
     """Learning rate interpolated linearly between (progress, factor) knots.
 
-    The lr of iteration ``i`` (0-based) of ``n = end - begin`` is
+    The lr of step ``i`` (0-based) of ``n = end - begin`` is
     ``base_lr * np.interp((i + 1) / n, milestones, factors)``, in closed
     form, as ``lr_schedule(epoch + (i + 1) / len(loader))`` in the authors'
     `train.py <https://github.com/locuslab/convmixer-cifar10>`_ and the
-    ``onecycle`` schedule of their timm fork: with the defaults the lr goes
-    linearly 0 -> lr over the first 40% of iterations, -> lr / 20 by 80%
-    and -> 0 at the end. Unlike mmengine's recursive ``LinearLR`` it can
-    start from 0, and resuming only needs ``last_step``.
-
-    Args:
-        optimizer (Optimizer | OptimWrapper): Wrapped optimizer.
-        milestones (Sequence[float]): Increasing training progress knots,
-            from 0 to 1. Defaults to ``(0, 0.4, 0.8, 1)``.
-        factors (Sequence[float]): Multipliers of the base lr at the knots.
-            Defaults to ``(0, 1, 0.05, 0)``.
-        begin (int): First step of the schedule. Defaults to 0.
-        end (int): Step after the last one. Must be finite.
-        last_step (int): The index of the last step, for resuming without a
-            state dict. Defaults to -1.
-        by_epoch (bool): Whether ``begin`` and ``end`` count epochs. Use it
-            with ``convert_to_iter_based=True`` to step every iteration.
-            Defaults to True.
-        verbose (bool): Print the value at every update. Defaults to False.
+    ``onecycle`` schedule of their timm fork: by default 0 -> lr over the
+    first 40% of the steps, -> lr / 20 by 80% and -> 0 at the end.
+    mmengine's ``LinearLR`` cannot start from 0 (it is recursive), and
+    ``OneCycleLR``'s ``three_phase`` is not this schedule; resuming only
+    needs ``last_step``. ``end`` must be finite; with ``by_epoch=True`` use
+    ``convert_to_iter_based=True`` to step every iteration.
 
     Example:
         >>> import torch
@@ -50,6 +39,11 @@ class PiecewiseLinearLR(LRSchedulerMixin, _ParamScheduler):
         >>> print(lrs)
         [0.25, 0.5, 0.75, 1.0, 0.763, 0.525, 0.288, 0.05, 0.025, 0.0]
     """
+
+    # mmengine's epochs-to-iterations conversion, which its schedulers
+    # each define alike.
+    build_iter_from_epoch = classmethod(
+        ConstantParamScheduler.build_iter_from_epoch.__func__)
 
     def __init__(self,
                  optimizer,
@@ -78,37 +72,14 @@ class PiecewiseLinearLR(LRSchedulerMixin, _ParamScheduler):
                 'iterations of training.')
         self.milestones = milestones
         self.factors = factors
-        super().__init__(
-            optimizer,
-            begin=begin,
-            end=end,
-            last_step=last_step,
-            by_epoch=by_epoch,
-            verbose=verbose)
-
-    @classmethod
-    def build_iter_from_epoch(cls,
-                              *args,
-                              begin: int = 0,
-                              end: int = INF,
-                              by_epoch: bool = True,
-                              epoch_length: int = None,
-                              **kwargs) -> 'PiecewiseLinearLR':
-        """Build an iteration-based instance of an epoch-based config."""
-        assert by_epoch, 'Only epoch-based kwargs whose `by_epoch=True` can ' \
-                         'be converted to iter-based.'
-        assert epoch_length is not None and epoch_length > 0, \
-            f'`epoch_length` must be a positive integer, ' \
-            f'but got {epoch_length}.'
-        end = end if end == INF else int(end * epoch_length)
-        return cls(*args, begin=int(begin * epoch_length), end=end,
-                   by_epoch=False, **kwargs)
+        super().__init__(optimizer, begin=begin, end=end,
+                         last_step=last_step, by_epoch=by_epoch,
+                         verbose=verbose)
 
     def factor_at(self, progress: float) -> float:
         """The lr multiplier after a fraction ``progress`` of the steps."""
         return float(np.interp(progress, self.milestones, self.factors))
 
     def _get_value(self) -> list:
-        """The lr of every param group for step ``last_step``."""
         factor = self.factor_at((self.last_step + 1) / (self.end - self.begin))
         return [base * factor for base in self.base_values]

@@ -3,8 +3,8 @@
 
 mmengine finds a misspelt key, a value of the wrong type or a missing data
 directory only when it builds the part concerned, after it has created the
-work dir, its log and the dumped config. These checks find them first, and
-say whether the bad value came from ``--cfg-options`` or the config file.
+work dir, its log and the dumped config. These checks come first, and say
+whether the bad value came from ``--cfg-options`` or the config file.
 """
 import difflib
 import inspect
@@ -30,6 +30,7 @@ _BUILDER_KEYS = {
     'paramwise_cfg'
 }
 _LOOPS = {'val_cfg': ValLoop, 'test_cfg': TestLoop}
+_BUILD_ERRORS = (KeyError, TypeError, ValueError, AssertionError)
 
 
 def _consumers(path: str, node: dict) -> List[Callable]:
@@ -46,10 +47,8 @@ def _consumers(path: str, node: dict) -> List[Callable]:
     if path.endswith('_dataloader'):
         return [DataLoader]
     if path == 'train_cfg':
-        return [
-            EpochBasedTrainLoop
-            if node.get('by_epoch', True) else IterBasedTrainLoop
-        ]
+        by_epoch = node.get('by_epoch', True)
+        return [EpochBasedTrainLoop if by_epoch else IterBasedTrainLoop]
     return [_LOOPS[path]] if path in _LOOPS else []
 
 
@@ -75,12 +74,12 @@ def _parameters(fn: Callable) -> Optional[Dict[str, inspect.Parameter]]:
 
 def _expected(annotation: Any) -> Optional[tuple]:
     """The Python types a scalar annotation allows; None for others."""
-    args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Union:
-        allowed = [_expected(a) for a in args if a is not type(None)]
-        if None in allowed:
-            return None
-        return sum(allowed, (type(None), ))
+        allowed = [
+            _expected(a) for a in typing.get_args(annotation)
+            if a is not type(None)
+        ]
+        return None if None in allowed else sum(allowed, (type(None), ))
     return {bool: (bool, ), int: (int, ), float: (int, float)}.get(annotation)
 
 
@@ -91,7 +90,7 @@ def _type_ok(value: Any, allowed: Sequence[type]) -> bool:
 
 
 def _accepted(path: str, node: Any) -> Optional[Dict[str, Any]]:
-    """The arguments that the classes receiving ``node`` take; None if
+    """The arguments the classes receiving ``node`` take; None if
     unknown."""
     accepted = [_parameters(c) for c in _consumers(path, node)] \
         if isinstance(node, dict) else []
@@ -114,7 +113,7 @@ def _node(cfg: Config, key: str) -> Any:
 
 
 class _Checker:
-    """Walks the nodes of a merged config, blaming each bad value on its
+    """Checks the nodes of a merged config, blaming a bad value on its
     source."""
 
     def __init__(self, cfg: Config, options: Optional[dict],
@@ -131,7 +130,6 @@ class _Checker:
         return None
 
     def fail(self, key: str, value: Any, problem: str) -> None:
-        """Raise a ConfigError naming the source of ``key``'s value."""
         given = self.source(key)
         if given is None:
             raise ConfigError(
@@ -159,10 +157,9 @@ class _Checker:
             allowed = _expected(params[key].annotation) \
                 if key in params else None
             if allowed and not _type_ok(node[key], allowed):
-                self.fail(
-                    full, node[key], f'{key} must be of type ' +
-                    ' or '.join(t.__name__
-                                for t in allowed if t is not type(None)))
+                types = [t.__name__ for t in allowed if t is not type(None)]
+                self.fail(full, node[key],
+                          f'{key} must be of type {" or ".join(types)}')
 
     def check_options(self, base: Config) -> None:
         """A new key that looks like an existing one, and that the class
@@ -174,26 +171,22 @@ class _Checker:
             if not isinstance(node, dict):
                 continue
             params = _accepted(parent, _node(self.cfg, parent)) or {}
-            if leaf not in node and leaf not in params:
-                close = difflib.get_close_matches(leaf,
-                                                  list(node),
-                                                  n=3,
-                                                  cutoff=0.8)
-                if close:
-                    raise ConfigError(
-                        f'--cfg-options {key}={value}: the config has no '
-                        f'{key!r}. Did you mean '
-                        f'{", ".join(f"{parent}.{c}" for c in close)}?')
+            close = difflib.get_close_matches(leaf, list(node), n=3,
+                                              cutoff=0.8)
+            if leaf not in node and leaf not in params and close:
+                raise ConfigError(
+                    f'--cfg-options {key}={value}: the config has no '
+                    f'{key!r}. Did you mean '
+                    f'{", ".join(f"{parent}.{c}" for c in close)}?')
             old = node.get(leaf)
+            kind = next((k for k in (bool, int, float) if isinstance(old, k)),
+                        None)
             # None means "the default" (a random seed, no limit, ...).
-            for kind in (bool, int, float) if value is not None else ():
-                if isinstance(old, kind):
-                    if not _type_ok(value, _expected(kind)):
-                        raise ConfigError(
-                            f'--cfg-options {key}={value}: {key} must be '
-                            f'of type {kind.__name__}, like the config\'s '
-                            f'{old!r}.')
-                    break
+            if value is not None and kind and not _type_ok(
+                    value, _expected(kind)):
+                raise ConfigError(
+                    f'--cfg-options {key}={value}: {key} must be of type '
+                    f'{kind.__name__}, like the config\'s {old!r}.')
             self.check_node(parent, _node(self.cfg, parent), [leaf])
 
     def check_data(self, fields: Sequence[str]) -> None:
@@ -209,7 +202,7 @@ class _Checker:
             try:
                 dataset = mmpretrain.registry.DATASETS.build(
                     dict(dataset_cfg, lazy_init=True))
-            except (KeyError, TypeError, ValueError, AssertionError) as e:
+            except _BUILD_ERRORS as e:
                 self.fail(f'{field}.dataset', dataset_cfg.get('type'),
                           f'the data set does not build: {e}')
             if getattr(dataset, 'download', False):
@@ -237,12 +230,34 @@ class _Checker:
             raise DataNotFoundError(
                 f'{message} ({field}.dataset from {given}).')
 
+    def check_model(self, base: Config) -> None:
+        """Build the model once, blaming a failure on its source."""
+        try:
+            mmpretrain.registry.MODELS.build(self.cfg.model)
+            return
+        except _BUILD_ERRORS as e:
+            error = e
+        if self.options:
+            try:
+                mmpretrain.registry.MODELS.build(base.model)
+            except _BUILD_ERRORS:
+                pass
+            else:
+                options = ' '.join(f'{k}={v}'
+                                   for k, v in self.options.items())
+                raise ConfigError(
+                    f'the model does not build with --cfg-options '
+                    f'{options}: {error}') from None
+        raise ConfigError(
+            f'the model of the config file {self.config_file} does not '
+            f'build: {str(error).rstrip(".")}. Fix the config file.') from None
+
 
 def check_config(cfg: Config, base: Config, options: Optional[dict],
                  config_file: str, fields: Sequence[str]) -> None:
     """Check ``cfg`` (the config with the command line merged in) before
-    anything is written: against ``base`` (before the ``options`` from
-    ``--cfg-options`` were merged), the classes receiving each node, the
+    anything is written: against ``base`` (before ``options``, the
+    ``--cfg-options``, were merged), the classes receiving each node, the
     data of the dataloaders in ``fields`` and the model.
 
     Raises:
@@ -256,27 +271,4 @@ def check_config(cfg: Config, base: Config, options: Optional[dict],
         if isinstance(cfg.get(loop), dict):
             checker.check_node(loop, cfg[loop])
     checker.check_data(fields)
-    _check_model(cfg, base, options, config_file)
-
-
-def _check_model(cfg: Config, base: Config, options: Optional[dict],
-                 config_file: str) -> None:
-    """Build the model once, blaming a failure on its source."""
-    try:
-        mmpretrain.registry.MODELS.build(cfg.model)
-        return
-    except (KeyError, TypeError, ValueError, AssertionError) as e:
-        error = e
-    if options:
-        try:
-            mmpretrain.registry.MODELS.build(base.model)
-        except (KeyError, TypeError, ValueError, AssertionError):
-            pass
-        else:
-            raise ConfigError(
-                f'the model does not build with --cfg-options '
-                f'{" ".join(f"{k}={v}" for k, v in options.items())}: '
-                f'{error}') from None
-    raise ConfigError(
-        f'the model of the config file {config_file} does not build: '
-        f'{str(error).rstrip(".")}. Fix the config file.') from None
+    checker.check_model(base)

@@ -26,9 +26,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_parts(work_dir: str) -> None:
-    """Remove the ``.NAME.PID.part`` files that
-    :func:`~convmixer_mm.engine.atomic_save_bytes` left when its process
-    ``PID`` was killed while saving; those of live processes are kept."""
+    """Remove the ``.NAME.PID.part`` files that ``atomic_save_bytes`` left
+    when its process ``PID`` was killed; those of live processes stay."""
     for name in os.listdir(work_dir):
         match = re.fullmatch(r'\..+\.(\d+)\.part', name)
         if match and not _alive(int(match.group(1))):
@@ -37,21 +36,15 @@ def remove_stale_parts(work_dir: str) -> None:
 
 @contextlib.contextmanager
 def work_dir_lock(work_dir: str) -> Iterator[None]:
-    """Hold the work dir for one run, then remove its stale partial files.
+    """Hold the work dir (created if missing) for one run, then remove its
+    stale partial files; raise :class:`WorkDirBusyError` if another run
+    holds it.
 
     The lock is a ``flock`` on ``WORK_DIR/.lock``, which the kernel releases
-    when its process ends, however it ends: a killed run never leaves it
-    stuck. Only the first process of a distributed run (rank 0 in
-    torchrun's, slurm's or MPI's environment) takes it. A busy work dir is
-    left untouched; if the run fails, the lock file and work dir are
-    removed again when this created them and nothing else was written.
-
-    Args:
-        work_dir (str): The run's work dir; created if missing.
-
-    Raises:
-        WorkDirBusyError: Another run holds it; the message names its
-            process id and host.
+    when its process ends, however it ends. Only rank 0 of a distributed run
+    (torchrun's, slurm's or MPI's) takes it. If the run fails, the lock file
+    and work dir are removed again when this created them and nothing else
+    was written.
     """
     rank = next((os.environ[key]
                  for key in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK',
