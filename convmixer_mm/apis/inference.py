@@ -1,14 +1,11 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """``load_model`` and ``classify``: mmpretrain's ``get_model`` and
-``inference_model`` with checks.
+``inference_model`` (which take our names too) with checks.
 
-mmpretrain's own functions work with our names too (and keep their own
-behaviour); these add what a user needs when something is wrong: a missing
-weight file names the URL and the conversion command, a checkpoint of any
-layout (official, timm, mmpretrain) is converted on the fly, mismatched
-shapes are listed key by key, and weights trained with another activation
-than the config's are refused instead of silently giving wrong
-predictions.
+A missing weight file names the URL and the conversion command, any
+checkpoint layout is converted on the fly, mismatched shapes are listed key
+by key, and weights trained with another activation than the config's are
+refused rather than silently giving wrong predictions.
 """
 import os.path as osp
 import warnings
@@ -38,28 +35,13 @@ def load_model(model: ModelType,
                pretrained: Union[bool, str, PathLike] = False,
                device: Union[str, torch.device, None] = None,
                **kwargs) -> BaseModel:
-    """Build a model by name or config, with checked pretrained weights.
+    """Build a model by name (``mmpretrain.list_models('convmixer-mm*')``)
+    or config, in eval mode, with checked weights.
 
-    Args:
-        model (str | PathLike | Config): A model name (see
-            ``mmpretrain.list_models('convmixer-mm*')``), a config file or
-            a config.
-        pretrained (bool | str | PathLike): ``True`` for the model's
-            predefined weights, or a checkpoint path or URL of any
-            ConvMixer layout. Defaults to False.
-        device (str | torch.device, optional): Where to put the model.
-            Defaults to None (CPU).
-        **kwargs: Overrides of the ``model`` config.
-
-    Returns:
-        BaseModel: The model in eval mode. ``model.dataset_meta`` holds the
-        class names when the checkpoint records them.
-
-    Raises:
-        WeightsNotFoundError: The weights are not on disk (or not
-            downloadable); the message says how to fetch and convert them.
-        CheckpointError: The file is not a ConvMixer checkpoint, or does
-            not fit the config (mismatched keys listed) or its activation.
+    ``pretrained`` is ``True`` for the model's predefined weights, or a
+    checkpoint path or URL of any ConvMixer layout; ``kwargs`` override the
+    ``model`` config. ``model.dataset_meta`` holds the class names when the
+    checkpoint records them.
     """
     if isinstance(pretrained, PathLike):
         pretrained = str(pretrained)
@@ -88,13 +70,8 @@ def load_model(model: ModelType,
 
 
 def load_pretrained(net: BaseModel, source: str) -> None:
-    """Load a ConvMixer checkpoint of any layout into ``net``, strictly.
-
-    Args:
-        net (BaseModel): An ``ImageClassifier`` with a ConvMixer backbone,
-            as built by :func:`load_model`.
-        source (str): A local file or a URL.
-    """
+    """Load a ConvMixer checkpoint (file or URL) of any layout into
+    ``net``, built by :func:`load_model`, strictly."""
     checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
     raise_mismatches(
@@ -131,20 +108,12 @@ MAX_PIXELS = 50_000_000
 
 def load_image(img: Union[str, PathLike, np.ndarray],
                channels: int = 3) -> np.ndarray:
-    """Read an image as the model takes it, with bounded memory.
+    """Read an image file or array as ``(H, W, 3)`` BGR or, for
+    ``channels=1``, ``(H, W)`` gray uint8, with bounded memory.
 
     Large JPEGs are decoded downscaled (see ``DECODE_MIN_SIDE``), other
     images over ``MAX_PIXELS`` are refused, alpha is composited on white
-    and the channels are converted (:func:`to_channels`).
-
-    Args:
-        img (str | PathLike | np.ndarray): An image file (JPEG, PNG, ...)
-            or a loaded gray, BGR or BGRA array.
-        channels (int): 3 for BGR colour (the ImageNet configs convert to
-            RGB), 1 for grayscale. Defaults to 3.
-
-    Returns:
-        np.ndarray: ``(H, W, 3)`` or ``(H, W)`` uint8.
+    (:func:`to_channels`).
     """
     if isinstance(img, np.ndarray):
         return to_channels(img, channels)
@@ -206,17 +175,8 @@ def classify(model: Union[BaseModel, ModelType],
              device: Union[str, torch.device, None] = None,
              topk: int = 5,
              **kwargs) -> dict:
-    """Classify one image.
-
-    Args:
-        model (BaseModel | str | PathLike | Config): A built model, or what
-            :func:`load_model` takes.
-        img (str | PathLike | np.ndarray): The image.
-        pretrained (bool | str | PathLike): See :func:`load_model`; ignored
-            for a built model. Defaults to False.
-        device (str | torch.device, optional): See :func:`load_model`.
-        topk (int): How many classes to list. Defaults to 5.
-        **kwargs: Overrides of the ``model`` config.
+    """Classify one image with a built model or what :func:`load_model`
+    takes (``pretrained``, ``device`` and ``kwargs`` go to it).
 
     Returns:
         dict: mmpretrain's ``pred_scores``, ``pred_label``, ``pred_score``
