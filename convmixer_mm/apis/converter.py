@@ -208,12 +208,10 @@ def describe_conversion(meta: Mapping) -> str:
     if meta.get('config'):
         lines.append(f'Use the config {meta["config"]}.')
     else:
+        dims = {k: arch[k] for k in ConvMixerMM.essential_keys}
         lines.append(
-            'Use a config with model.backbone=dict(type=\'ConvMixerMM\', '
-            f'arch=dict(embed_dims={arch["embed_dims"]}, '
-            f'depth={arch["depth"]}, patch_size={arch["patch_size"]}, '
-            f'kernel_size={arch["kernel_size"]}), '
-            f'in_channels={arch["in_channels"]}, '
+            "Use a config with model.backbone=dict(type='ConvMixerMM', "
+            f'arch={dims}, in_channels={arch["in_channels"]}, '
             f'act_cfg=dict(type={act!r})) and '
             f'head.num_classes={arch["num_classes"]}.')
     return '\n'.join(lines)

@@ -10,7 +10,7 @@ refused rather than silently giving wrong predictions.
 import os.path as osp
 import warnings
 from os import PathLike
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -47,9 +47,8 @@ def load_model(model: ModelType,
         pretrained = str(pretrained)
     if isinstance(pretrained, str) and not is_remote(pretrained) \
             and not osp.isfile(pretrained):
-        url = None
-        if isinstance(model, str) and ModelHub.has(model.lower()):
-            url = ModelHub.get(model).weights
+        url = ModelHub.get(model).weights if isinstance(
+            model, str) and ModelHub.has(model.lower()) else None
         raise WeightsNotFoundError(
             missing_weights_message(
                 pretrained, url, reason='not found: no such file'))
@@ -143,14 +142,12 @@ def load_image(img: Union[str, PathLike, np.ndarray],
             f'{path} is {width}x{height} pixels: images are decoded to at '
             f'most {MAX_PIXELS // 10**6} megapixels (JPEGs at down to 1/8 '
             'scale) to bound memory. Downscale it first.')
-    flag = {
-        1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-        4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8
-    }[scale]
+    flag = cv2.IMREAD_UNCHANGED if alpha else getattr(
+        cv2, f'IMREAD_REDUCED_COLOR_{scale}', cv2.IMREAD_COLOR)
     with open(path, 'rb') as f:
         data = np.frombuffer(f.read(), np.uint8)
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED if alpha else flag)
+        image = cv2.imdecode(data, flag)
     except cv2.error:
         image = None
     if image is None:
@@ -158,15 +155,6 @@ def load_image(img: Union[str, PathLike, np.ndarray],
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     return to_channels(image, channels)
-
-
-def topk_predictions(scores: np.ndarray,
-                     classes: Optional[List[str]],
-                     k: int = 5) -> List[Tuple[int, str, float]]:
-    """The ``k`` best ``(label, class name, score)``, best first."""
-    order = np.argsort(-scores, kind='stable')[:k]
-    return [(int(i), classes[i] if classes else str(int(i)), float(scores[i]))
-            for i in order]
 
 
 def classify(model: Union[BaseModel, ModelType],
@@ -192,10 +180,12 @@ def classify(model: Union[BaseModel, ModelType],
         model = load_model(model, pretrained, device, **kwargs)
     image = load_image(img, model.backbone.stem[0].in_channels)
     inferencer = ImageClassificationInferencer(model, pretrained=False)
-    # The inferencer's own __call__ draws a progress bar on stdout; one
-    # image needs none.
+    # Not the inferencer's __call__, which draws a progress bar on stdout.
     batch = next(inferencer.preprocess([image]))
     result: Any = inferencer.postprocess(inferencer.forward(batch), [])[0]
-    result['topk'] = topk_predictions(result['pred_scores'],
-                                      inferencer.classes, topk)
+    scores, classes = result['pred_scores'], inferencer.classes
+    result['topk'] = [
+        (int(i), classes[i] if classes else str(i), float(scores[i]))
+        for i in np.argsort(-scores, kind='stable')[:topk]
+    ]
     return result

@@ -80,13 +80,13 @@ def check_export_args(out_file: str, opset: int, force: bool) -> str:
             f'[{MIN_OPSET}, {MAX_OPSET}] ({DYNAMO_MIN_OPSET}+ uses the '
             f'dynamo exporter, below it the TorchScript one).')
     out_file = osp.abspath(out_file)
-    out_dir = osp.dirname(out_file)
     if not out_file.endswith('.onnx'):
         raise ValueError(f'Output {out_file!r} must end with .onnx.')
     if osp.isdir(out_file):
         raise IsADirectoryError(
             f'Output {out_file!r} is a directory: name an .onnx file.')
     refuse_overwrite(out_file, force)
+    out_dir = osp.dirname(out_file)
     if not osp.isdir(out_dir):
         raise FileNotFoundError(
             f'Output directory {out_dir!r} does not exist: create it first.')
@@ -117,17 +117,14 @@ def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int,
             dynamic_axes=axes if dynamic_batch else None, **kwargs)
 
 
-def verify_onnx(onnx_file: str,
-                model: nn.Module,
-                input_shape: Sequence[int],
-                batch_sizes: Sequence[int] = (2, ),
-                atol: float = 1e-4) -> Dict[int, float]:
+def verify_onnx(onnx_file: str, model: nn.Module, input_shape: Sequence[int],
+                batch_sizes: Sequence[int], atol: float) -> Dict[int, float]:
     """The max absolute difference of the ONNX file's logits (run with
     onnxruntime) from ``model``'s, on a random batch of each size; raise
     :class:`ExportError` if one fails to run or differs by over ``atol``."""
     import onnxruntime as ort
 
-    # onnxruntime's exception types share no base class but Exception.
+    # onnxruntime's exceptions share no base class but Exception.
     try:
         session = ort.InferenceSession(
             onnx_file, providers=['CPUExecutionProvider'])
@@ -139,7 +136,7 @@ def verify_onnx(onnx_file: str,
     for batch in batch_sizes:
         inputs = torch.randn(batch, *input_shape, generator=generator)
         with torch.no_grad():
-            expected = _Logits(model).eval()(inputs).numpy()
+            expected = model(inputs, mode='tensor').numpy()
         try:
             (actual, ) = session.run(['logits'], {'input': inputs.numpy()})
         except Exception as e:  # noqa: BLE001
@@ -178,14 +175,11 @@ def export_onnx(model: nn.Module,
                          'config needs model.head.')
     input_shape = chw_shape(model, input_shape)
     model = model.eval()
-    # A batch of 2 keeps torch.export from specializing the dynamic batch
-    # dimension to 1.
+    # A batch of 2 keeps torch.export from fixing a dynamic batch to 1.
     example = torch.zeros(2 if dynamic_batch else 1, *input_shape)
     diffs: Dict[int, float] = {}
 
     def export_and_verify(tmp_file: str) -> None:
-        # Raising here leaves out_file as it was: only a graph that
-        # onnxruntime reproduces is renamed into place.
         _export(_Logits(model).eval(), example, tmp_file, opset,
                 dynamic_batch)
         _add_metadata(tmp_file, model)

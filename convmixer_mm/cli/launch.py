@@ -182,12 +182,10 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 class DumpPredictions(BaseMetric):
-    """Write labels and scores as numpy arrays to an ``.npz`` file.
-
-    The compact ``tools/test.py --out``: about 60 bytes per image for 10
-    classes, where mmengine's ``DumpResults`` pickles whole samples.
-    ``pred_label`` is the argmax of ``pred_score``, as ``Accuracy`` counts
-    it (mmpretrain's TTA merges the scores but keeps one view's label).
+    """``tools/test.py --out FILE.npz``: labels and scores as arrays, about
+    60 bytes per image for 10 classes (``DumpResults`` pickles whole
+    samples). ``pred_label`` is the argmax of ``pred_score``, as ``Accuracy``
+    counts it (mmpretrain's TTA merges the scores, keeps one view's label).
     """
     default_prefix = 'dump'
 
@@ -247,15 +245,15 @@ def _prepare(argv: Optional[List[str]],
     """Parse the command line and merge it into the config, checked
     before anything is written."""
     args = _parser(test).parse_args(argv)
-    if test and args.out is None and args.out_item is not None:
+    if test and args.out_item and not args.out:
         raise ConfigError('--out-item needs --out FILE to write to.')
-    if test and args.out and args.out_item != 'metrics' and \
-            not args.out.endswith(('.npz', '.pkl', '.pickle')):
-        raise ConfigError(
-            f'--out {args.out}: predictions are written to FILE.npz '
-            '(compact arrays) or FILE.pkl (full samples); for the metrics '
-            'add --out-item metrics.')
-    if test and args.out is not None:
+    if test and args.out:
+        if args.out_item != 'metrics' and not args.out.endswith(
+                ('.npz', '.pkl', '.pickle')):
+            raise ConfigError(
+                f'--out {args.out}: predictions are written to FILE.npz '
+                '(compact arrays) or FILE.pkl (full samples); for the '
+                'metrics add --out-item metrics.')
         refuse_overwrite(args.out, args.force)
     _exit_with_launcher(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -293,13 +291,10 @@ def _test(argv: Optional[List[str]]) -> None:
 
 
 def _shut_down_distributed() -> None:
-    """Tear the process group down while the interpreter is whole.
-
-    Left to interpreter shutdown, gloo's threads may free tensors after
-    Python is gone and abort a successful run ("terminate called without an
-    active exception"). The runner's cycles (holding the DDP model and its
-    process group) are collected first.
-    """
+    """Tear the process group down while the interpreter is whole: at
+    interpreter shutdown gloo's threads may free tensors after Python is
+    gone and abort a successful run. The runner's cycles (holding the DDP
+    model and its process group) are collected first."""
     if not (torch.distributed.is_available()
             and torch.distributed.is_initialized()):
         return
