@@ -26,8 +26,8 @@ def demo(argv=None) -> None:
     add('img', help='the image file')
     add('model', help='a config file or a model name '
         "(mmpretrain.list_models('convmixer-mm*'))")
-    add('--pretrained', help='the checkpoint (any ConvMixer layout; '
-        "default: the model name's official weights, converted on the fly)")
+    add('--pretrained', help="the checkpoint, any layout (default: the "
+        "model name's official weights)")
     add('--topk', type=int, default=5, help='how many classes to print')
     add('--device', choices=['cpu', 'cuda'],
         default='cuda' if torch.cuda.is_available() else 'cpu')

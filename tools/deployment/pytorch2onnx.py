@@ -28,10 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     add('--opset', type=int, default=DEFAULT_OPSET,
         help=f'ONNX opset in [{MIN_OPSET}, {MAX_OPSET}] (default: '
         f'{DEFAULT_OPSET})')
-    add('--dynamic-batch', action='store_true',
-        help='make the batch dimension dynamic (checked at two sizes)')
+    add('--dynamic-batch', action='store_true', help='dynamic batch size')
     add('--atol', type=float, default=1e-4,
-        help='largest allowed max abs difference of the logits')
+        help='largest allowed difference of the logits from PyTorch')
     add('--force', action='store_true', help='overwrite OUT if it exists')
     args = parser.parse_args(argv)
     # Fail on a bad opset or output before loading anything.

@@ -22,16 +22,14 @@ def convert(argv=None) -> None:
     add = parser.add_argument
     add('src', help='the checkpoint to convert')
     add('dst', help='where to write the result')
-    add('--arch', help='fail unless the checkpoint is this arch: 768/32, '
-        '1024/20, 1536/20 or DIM/DEPTH/KERNEL/PATCH')
-    add('--act', choices=['relu', 'gelu'],
-        help='the activation the weights were trained with (default: relu '
-        'for 768/32, gelu otherwise, as the official release)')
+    add('--arch', help='fail unless the checkpoint is this arch (768/32, '
+        '... or DIM/DEPTH/KERNEL/PATCH)')
+    add('--act', choices=['relu', 'gelu'], help='the activation of the '
+        "weights (default: the official release's, relu for 768/32)")
     add('--config', help='fail unless the checkpoint fits this config')
     add('--to', choices=['mmpretrain', 'timm', 'official'],
         default='mmpretrain', help='the layout to write (default: ours)')
-    add('--ema', action='store_true',
-        help='convert state_dict_ema rather than state_dict')
+    add('--ema', action='store_true', help='convert state_dict_ema')
     add('--force', action='store_true', help='overwrite DST if it exists')
     args = parser.parse_args(argv)
     meta = convert_checkpoint(args.src, args.dst, args.arch, args.act,
