@@ -17,9 +17,11 @@ from ..engine.checkpoint import (LAYOUTS, CheckpointError, StateDict,
                                  count_blocks, extract_state_dict,
                                  from_mm_layout, load_checkpoint_file,
                                  model_shapes, raise_mismatches, to_mm_layout)
+from ..engine.config import load_config
 from ..models import ConvMixerMM
 from ..utils import atomic_save_bytes, refuse_overwrite
 from ..version import __version__
+
 
 def validate(state: StateDict) -> Dict[str, int]:
     """The architecture of an mmpretrain-layout ConvMixer state dict, read
@@ -60,9 +62,8 @@ def validate(state: StateDict) -> Dict[str, int]:
 def arch_from_config(cfg: Any) -> Tuple[Dict[str, int], Optional[str]]:
     """The arch values and the activation type of the ConvMixer classifier
     that a config (file or loaded) builds."""
-    from mmengine.config import Config
     if isinstance(cfg, str):
-        cfg = Config.fromfile(cfg)
+        cfg = load_config(cfg)
     backbone = cfg.model.get('backbone', {})
     kind = str(backbone.get('type')).split('.')[-1]
     if kind not in ('ConvMixerMM', 'ConvMixer'):

@@ -14,7 +14,7 @@ from modelindex.load_model_index import load
 from mmpretrain.apis import ModelHub
 from ..engine.checkpoint import (CheckpointError, detect_layout,
                                  download_checkpoint, extract_state_dict,
-                                 load_checkpoint_file)
+                                 load_checkpoint_file, load_url)
 from ..utils import UserError
 
 # The official release (locuslab/convmixer's README links the tmp-iclr
@@ -94,13 +94,8 @@ def fetch_official_weights(url: str) -> str:
 def load_from_official_release(filename: str, map_location=None) -> dict:
     """mmengine's loader for the official URLs: fetch and convert."""
     from .converter import convert_state_dict  # not at `import convmixer_mm`
-    path = fetch_official_weights(filename)
-    try:
-        checkpoint = load_checkpoint_file(path)
-    except CheckpointError:
-        os.remove(path)  # never keep, nor trust later, a refused download
-        raise
-    state, meta = convert_state_dict(checkpoint)
+    fetch_official_weights(filename)
+    state, meta = convert_state_dict(load_url(filename))
     meta['source_file'] = osp.basename(filename)
     return dict(state_dict=state, meta=meta)
 
