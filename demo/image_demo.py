@@ -20,23 +20,18 @@ from convmixer_mm.cli import run  # noqa: E402
 from convmixer_mm.utils import UserError  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def demo(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add('img', help='the image file')
     add('model', help='a config file or a model name '
         "(mmpretrain.list_models('convmixer-mm*'))")
-    add('--pretrained', help='the checkpoint (any ConvMixer layout; '
-        "default: the model name's official weights, converted on the fly)")
+    add('--pretrained', help="the checkpoint, any layout (default: the "
+        "model name's official weights)")
     add('--topk', type=int, default=5, help='how many classes to print')
     add('--device', choices=['cpu', 'cuda'],
-        default='cuda' if torch.cuda.is_available() else 'cpu',
-        help='where to run (default: cuda when available)')
-    return parser.parse_args(argv)
-
-
-def demo(argv=None) -> None:
-    args = parse_args(argv)
+        default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise UserError('CUDA is not available here: use --device cpu.')
     result = classify(args.model, args.img, pretrained=args.pretrained or True,

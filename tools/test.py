@@ -1,9 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [opts]``.
-
-The command line is mmpretrain's; ``--help`` lists it. The logic lives in
-:mod:`convmixer_mm.cli.launch`.
-"""
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [opts]``
+(mmpretrain's command line; the logic is in :mod:`convmixer_mm.cli.launch`)."""
 import sys
 import warnings
 

@@ -1,9 +1,6 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Train a model from a config: ``python tools/train.py CONFIG [options]``.
-
-The command line is mmpretrain's; ``--help`` lists it. The logic lives in
-:mod:`convmixer_mm.cli.launch`.
-"""
+"""Train a model: ``python tools/train.py CONFIG [options]`` (mmpretrain's
+command line; the logic is in :mod:`convmixer_mm.cli.launch`)."""
 import sys
 import warnings
 

@@ -5,8 +5,7 @@ from .hub import (OFFICIAL_URL_PREFIXES, WeightsNotFoundError,
 register_models()
 register_official_loader()
 
-_INFERENCE = ('classify', 'load_image', 'load_model', 'load_pretrained',
-              'topk_predictions')
+_INFERENCE = ('classify', 'load_image', 'load_model', 'load_pretrained')
 __all__ = [
     'OFFICIAL_URL_PREFIXES', 'WeightsNotFoundError', 'find_model_index',
     'register_models', 'register_official_loader', *_INFERENCE

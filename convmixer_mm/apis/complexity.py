@@ -10,20 +10,14 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 
-from ..engine.config import load_config
-from .onnx_export import build_classifier
+from .onnx_export import build_classifier, chw_shape
 
 
 def _conv_mode_flops(inputs: List[Any], outputs: List[Any]) -> Counter:
-    """Count ``aten::_convolution_mode``, a conv with string padding.
-
-    PyTorch traces ``nn.Conv2d(padding='same')`` to this op, which
-    mmengine's (and fvcore's) counter skips with a warning: mmpretrain's
-    ConvMixer, whose depthwise convs all use ``'same'``, is undercounted by
-    exactly those convs. As for ``aten::_convolution``, one multiply-add is
-    one FLOP and the bias is ignored: out elements x in_channels / groups x
-    kernel elements.
-    """
+    """Count ``aten::_convolution_mode``, the traced ``nn.Conv2d(padding=
+    'same')`` that mmengine skips (so it undercounts mmpretrain's
+    ConvMixer): as ``aten::_convolution``, one multiply-add per out element
+    x in_channels / groups x kernel elements, bias ignored."""
     weight, out = get_shape(inputs[1]), get_shape(outputs[0])
     return Counter({'conv': math.prod(out) * math.prod(weight[1:])})
 
@@ -39,21 +33,12 @@ def _attention_flops(inputs: List[Any], outputs: List[Any]) -> Counter:
 
 def count_complexity(model: nn.Module,
                      input_shape: Sequence[int]) -> Dict[str, int]:
-    """Parameters and FLOPs (multiply-adds) of one forward pass.
+    """Parameters and FLOPs (multiply-adds) of ``model(x)`` for one
+    ``(C, H, W)`` image.
 
-    mmengine's ``FlopAnalyzer`` with two more ops: convs with
-    ``padding='same'`` and PyTorch's fused attention, which it would count
-    as zero. Activations and residual additions are not counted, as in
-    mmengine.
-
-    Args:
-        model (nn.Module): The model; called as ``model(x)``, which for an
-            mmpretrain classifier is the ``'tensor'`` mode (backbone, neck
-            and head).
-        input_shape (Sequence[int]): ``(C, H, W)`` of one image.
-
-    Returns:
-        dict: ``params`` and ``flops`` (for batch size 1).
+    mmengine's ``FlopAnalyzer`` with two more ops that it counts as zero:
+    convs with ``padding='same'`` and PyTorch's fused attention.
+    Activations and residual additions are not counted, as in mmengine.
 
     Example:
         >>> from convmixer_mm.apis.complexity import count_complexity
@@ -85,26 +70,8 @@ def count_complexity(model: nn.Module,
 
 def config_complexity(config: Union[str, Config],
                       shape: Sequence[int] = (224, 224)) -> Dict[str, Any]:
-    """Parameters and FLOPs of the model a config builds.
-
-    Args:
-        config (str | Config): Config file or object.
-        shape (Sequence[int]): ``H``, ``(H, W)`` or ``(C, H, W)``; C
-            defaults to ``model.backbone.in_channels`` (3 when unset).
-            Defaults to ``(224, 224)``.
-
-    Returns:
-        dict: ``params``, ``flops`` and the ``input_shape`` used.
-    """
-    if isinstance(config, str):
-        config = load_config(config)
-    input_shape = tuple(shape) * (2 if len(shape) == 1 else 1)
-    if len(input_shape) == 2:
-        channels = config.model.get('backbone', {}).get('in_channels', 3)
-        input_shape = (channels, ) + input_shape
-    if len(input_shape) != 3:
-        raise ValueError(f'shape={input_shape} must be H, (H, W) or '
-                         '(C, H, W).')
-    result = count_complexity(build_classifier(config), input_shape)
-    result['input_shape'] = input_shape
-    return result
+    """Parameters, FLOPs and the ``input_shape`` (see :func:`chw_shape`)
+    of the model a config (file or object) builds."""
+    model = build_classifier(config)
+    input_shape = chw_shape(model, shape)
+    return dict(count_complexity(model, input_shape), input_shape=input_shape)

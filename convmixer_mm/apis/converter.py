@@ -1,18 +1,11 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Convert ConvMixer checkpoints between the official, timm and our layouts.
 
-Three layouts are in use, all with the same tensors under different names:
-
-- ``official``: the ``nn.Sequential`` of locuslab/convmixer: ``0`` stem
-  conv, ``1`` act, ``2`` stem BN, ``3 .. depth+2`` blocks, ``depth+3`` pool,
-  ``depth+4`` flatten, ``depth+5`` linear;
-- ``timm``: ``stem.*``, ``blocks.*``, ``head.*``;
-- ``mmpretrain``: ``backbone.stem.*``, ``backbone.stages.*``, ``head.fc.*``,
-  shared by mmpretrain's built-in ``ConvMixer`` and our ``ConvMixerMM``.
-
-The architecture is read from the tensor shapes. The activation is not in
-the weights: the released 768/32 weights need ReLU, all others GELU, so
-the result records the activation (and the config to use) in its meta.
+The layouts hold the same tensors under other names (the one table is
+``engine.checkpoint.LAYOUT_PREFIXES``). The architecture is read from the
+tensor shapes. The activation is not in the weights: the released 768/32
+weights need ReLU, all others GELU, so the result records it in its meta,
+with the config to use.
 """
 import os
 import os.path as osp
@@ -24,37 +17,31 @@ from ..engine.checkpoint import (LAYOUTS, CheckpointError, StateDict,
                                  count_blocks, extract_state_dict,
                                  from_mm_layout, load_checkpoint_file,
                                  model_shapes, raise_mismatches, to_mm_layout)
+from ..engine.config import load_config
 from ..models import ConvMixerMM
 from ..utils import atomic_save_bytes, refuse_overwrite
 from ..version import __version__
 
-# The released 768/32 weights were trained with ReLU, all others with GELU.
-RELU_ARCH = ConvMixerMM.arch_settings['768/32']
-
 
 def validate(state: StateDict) -> Dict[str, int]:
-    """Check that an mmpretrain-layout state dict is a complete, consistent
-    ConvMixer and return its architecture, read from the tensor shapes:
-    ``embed_dims``, ``depth``, ``kernel_size``, ``patch_size``,
-    ``in_channels`` and ``num_classes``.
+    """The architecture of an mmpretrain-layout ConvMixer state dict, read
+    from its shapes; raise unless it is complete and consistent.
 
-    BN ``num_batches_tracked`` counters that older checkpoints lack are
-    added (as zeros) in place; they do not affect the outputs.
+    Missing BN ``num_batches_tracked`` counters (older checkpoints) are
+    added as zeros in place; they do not affect the outputs.
     """
     needed = ('backbone.stem.0.weight', 'backbone.stages.0.0.fn.0.weight',
               'head.fc.weight')
-    missing = [k for k in needed if k not in state]
-    if missing:
+    if any(k not in state for k in needed):
         raise CheckpointError(
-            f'The ConvMixer checkpoint lacks {missing}, needed to read its '
-            'architecture (a checkpoint without a classifier head is not '
-            'supported).')
+            f'The ConvMixer checkpoint lacks one of {list(needed)}, needed '
+            'to read its architecture (a checkpoint without a classifier '
+            'head is not supported).')
     stem, dw, fc = (state[k] for k in needed)
     if (stem.dim(), dw.dim(), fc.dim()) != (4, 4, 2):
         raise CheckpointError(
-            'Unexpected ConvMixer tensor ranks: stem conv '
-            f'{tuple(stem.shape)}, depthwise conv {tuple(dw.shape)}, fc '
-            f'{tuple(fc.shape)}.')
+            f'Unexpected ConvMixer tensor shapes: stem conv {stem.shape}, '
+            f'depthwise conv {dw.shape}, fc {fc.shape}.')
     arch = dict(
         embed_dims=stem.shape[0],
         depth=count_blocks(state, 'backbone.stages.{}.0.fn.0.weight'),
@@ -73,12 +60,10 @@ def validate(state: StateDict) -> Dict[str, int]:
 
 
 def arch_from_config(cfg: Any) -> Tuple[Dict[str, int], Optional[str]]:
-    """The architecture values and the activation type (``'ReLU'``,
-    ``'GELU'``, ...) of the ConvMixer classifier a config (file or loaded)
-    builds."""
-    from mmengine.config import Config
+    """The arch values and the activation type of the ConvMixer classifier
+    that a config (file or loaded) builds."""
     if isinstance(cfg, str):
-        cfg = Config.fromfile(cfg)
+        cfg = load_config(cfg)
     backbone = cfg.model.get('backbone', {})
     kind = str(backbone.get('type')).split('.')[-1]
     if kind not in ('ConvMixerMM', 'ConvMixer'):
@@ -98,14 +83,13 @@ def arch_name(arch: Mapping[str, int]) -> Optional[str]:
 
 
 def default_act(arch: Mapping[str, int]) -> str:
-    """The activation the released weights of ``arch`` were trained with."""
-    relu = all(arch[k] == v for k, v in RELU_ARCH.items())
-    return 'ReLU' if relu else 'GELU'
+    """The activation of the released weights of ``arch``: the 768/32
+    ones were trained with ReLU, all others with GELU."""
+    return 'ReLU' if arch_name(arch) == '768/32' else 'GELU'
 
 
 def suggested_config(arch: Mapping[str, int], act: str) -> Optional[str]:
-    """Our config for ``arch`` (relative to the repo root), when one
-    matches the architecture, 1000 classes and the activation."""
+    """Our ImageNet config that fits ``arch`` and ``act``, if any."""
     name = arch_name(arch)
     if name is None or (arch['num_classes'], arch['in_channels'],
                         act) != (1000, 3, default_act(arch)):
@@ -125,24 +109,14 @@ def convert_state_dict(checkpoint: Any,
                        use_ema: bool = False) -> Tuple[StateDict, dict]:
     """Convert a loaded checkpoint of any layout to ours, in memory.
 
-    Args:
-        checkpoint (Any): A loaded checkpoint (see
-            :func:`extract_state_dict`).
-        arch (str | Mapping, optional): The architecture the checkpoint
-            must have (see ``ConvMixerMM.parse_arch``). Defaults to None.
-        act (str, optional): ``'relu'`` or ``'gelu'``, the activation the
-            weights need. Defaults to None: ReLU for 768/32, GELU for
-            others (the official release), or what a converted
-            checkpoint's meta or ``config`` says.
-        config (str | Config, optional): A config the checkpoint must fit.
-            Defaults to None.
-        use_ema (bool): Convert the EMA weights. Defaults to False.
+    ``arch`` and ``config``, if given, must fit the checkpoint. ``act``
+    (``'relu'`` or ``'gelu'``) defaults to what a converted checkpoint's
+    meta or the config says, else to the release's (ReLU for 768/32).
 
     Returns:
-        tuple: The state dict in the mmpretrain layout and its meta:
-        ``arch``, ``act_cfg``, ``config`` (the one to use, if ours has
-        one), ``source_layout``, ``converter`` and, for 1000 classes,
-        ImageNet's ``dataset_meta``.
+        tuple: The state dict and its meta: ``arch``, ``act_cfg``,
+        ``config`` (ours that fits, or None), ``source_layout``,
+        ``converter`` and, for 1000 classes, ``dataset_meta``.
     """
     state, layout = to_mm_layout(extract_state_dict(checkpoint, use_ema))
     detected = validate(state)
@@ -200,43 +174,33 @@ def convert_checkpoint(src: str,
                        to: str = 'mmpretrain',
                        use_ema: bool = False,
                        force: bool = False) -> dict:
-    """Convert the ConvMixer checkpoint file ``src`` and write ``dst``.
+    """Convert the checkpoint file ``src`` and write ``dst``; return its
+    meta (see :func:`convert_state_dict`).
 
-    Args:
-        src (str): A checkpoint in any layout (see the module docstring).
-        dst (str): Where to write. An existing file is kept unless
-            ``force``.
-        arch, act, config, use_ema: See :func:`convert_state_dict`.
-        to (str): ``'mmpretrain'`` writes ``{'state_dict', 'meta'}`` for
-            our configs; ``'timm'`` or ``'official'`` write the plain state
-            dict of that layout. Defaults to ``'mmpretrain'``.
-        force (bool): Overwrite ``dst``. Defaults to False.
-
-    Returns:
-        dict: The meta (see :func:`convert_state_dict`).
+    ``to='mmpretrain'`` writes ``{'state_dict', 'meta'}`` for our configs;
+    ``'timm'`` or ``'official'`` write the plain state dict of that layout.
+    A failure leaves ``dst`` as it was.
     """
     if to not in LAYOUTS:
         raise ValueError(f'Unknown target layout {to!r}: choose one of '
                          f'{list(LAYOUTS)}.')
-    refuse_overwrite(dst, force)
-    checkpoint = load_checkpoint_file(src)
-    state, meta = convert_state_dict(checkpoint, arch, act, config, use_ema)
-    meta['source_file'] = osp.basename(src)
-    out = dict(state_dict=state, meta=meta) if to == 'mmpretrain' else \
-        from_mm_layout(state, to)
     if osp.isdir(dst):
         raise IsADirectoryError(f'{dst} is a directory: give a file name.')
     refuse_overwrite(dst, force)
+    state, meta = convert_state_dict(
+        load_checkpoint_file(src), arch, act, config, use_ema)
+    meta['source_file'] = osp.basename(src)
+    out = dict(state_dict=state, meta=meta) if to == 'mmpretrain' else \
+        from_mm_layout(state, to)
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     atomic_save_bytes(dst, lambda tmp: torch.save(out, tmp))
     return meta
 
 
 def describe_conversion(meta: Mapping) -> str:
-    """A human summary: what was found and which config the weights need."""
-    arch = meta['arch']
+    """What was found, and which config the weights need."""
+    arch, act = meta['arch'], meta['act_cfg']['type']
     name = arch_name(arch)
-    act = meta['act_cfg']['type']
     lines = [
         f'Detected a ConvMixer{"-" + name if name else ""} in the '
         f'{meta["source_layout"]} layout: {_describe(arch)}.',
@@ -245,12 +209,10 @@ def describe_conversion(meta: Mapping) -> str:
     if meta.get('config'):
         lines.append(f'Use the config {meta["config"]}.')
     else:
+        dims = {k: arch[k] for k in ConvMixerMM.essential_keys}
         lines.append(
-            'Use a config with model.backbone=dict(type=\'ConvMixerMM\', '
-            f'arch=dict(embed_dims={arch["embed_dims"]}, '
-            f'depth={arch["depth"]}, patch_size={arch["patch_size"]}, '
-            f'kernel_size={arch["kernel_size"]}), '
-            f'in_channels={arch["in_channels"]}, '
+            "Use a config with model.backbone=dict(type='ConvMixerMM', "
+            f'arch={dims}, in_channels={arch["in_channels"]}, '
             f'act_cfg=dict(type={act!r})) and '
             f'head.num_classes={arch["num_classes"]}.')
     return '\n'.join(lines)

@@ -1,16 +1,11 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""Our model names in mmpretrain's ``ModelHub`` and the official weights.
-
-Importing ``convmixer_mm`` registers ``model-index.yml`` with mmpretrain,
-so ``mmpretrain.list_models``, ``get_model`` and ``inference_model`` know
-our names, and registers checkpoint loaders for the official release's
-URLs and for local files that convert official and timm weights as they
-load them (so ``mmpretrain.get_model(..., pretrained=FILE)`` and
-``load_from`` never leave the model at random weights).
-"""
+"""Our model names in mmpretrain's ``ModelHub``, and checkpoint loaders
+that convert the official release's URLs and local official or timm files
+as they load them, so that mmpretrain's ``get_model``, ``inference_model``
+and ``load_from`` take them and never leave a model at random weights."""
 import os
 import os.path as osp
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from mmengine.runner import CheckpointLoader
@@ -19,16 +14,16 @@ from modelindex.load_model_index import load
 from mmpretrain.apis import ModelHub
 from ..engine.checkpoint import (CheckpointError, detect_layout,
                                  download_checkpoint, extract_state_dict,
-                                 load_checkpoint_file)
+                                 load_checkpoint_file, load_url)
 from ..utils import UserError
 
-#: Where the official release lives (the README of locuslab/convmixer
-#: links the tmp-iclr mirror, which mmpretrain's metafile also uses).
+# The official release (locuslab/convmixer's README links the tmp-iclr
+# mirror, which mmpretrain's metafile also uses).
 OFFICIAL_URL_PREFIXES = (
     'https://github.com/tmp-iclr/convmixer/releases/download/',
     'https://github.com/locuslab/convmixer/releases/download/',
 )
-#: Set to 1 to never download: missing weights then fail at once.
+# Set to 1 to never download: missing weights then fail at once.
 OFFLINE_ENV = 'CONVMIXER_MM_OFFLINE'
 CONVERTER = 'tools/model_converters/convmixer_to_mm.py'
 
@@ -38,9 +33,8 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
 
 
 def find_model_index() -> Tuple[str, str]:
-    """The path of ``model-index.yml`` and the folder its config paths
-    start at: ``convmixer_mm/.mim`` in installed packages, the repository
-    root in a source checkout."""
+    """``model-index.yml`` and the folder its config paths start at:
+    ``convmixer_mm/.mim`` when installed, else the repository root."""
     package = osp.dirname(osp.dirname(osp.abspath(__file__)))
     roots = (osp.join(package, '.mim'), osp.dirname(package))
     for root in roots:
@@ -52,24 +46,20 @@ def find_model_index() -> Tuple[str, str]:
         'convmixer_mm (pip install -e .).')
 
 
-def register_models() -> List[str]:
-    """Register our model index with mmpretrain's ``ModelHub`` (once);
-    return our model names."""
+def register_models() -> None:
+    """Register our model index with mmpretrain's ``ModelHub`` (once)."""
     path, root = find_model_index()
     index = load(path)
     index.build_models_with_collections()
-    names = [model.name.lower() for model in index.models]
-    if not all(ModelHub.has(name) for name in names):
+    if not all(ModelHub.has(model.name.lower()) for model in index.models):
         ModelHub.register_model_index(path, config_prefix=root)
-    return names
 
 
 def missing_weights_message(source: str,
                             url: Optional[str] = None,
                             reason: str = 'not found') -> str:
-    """How to get the weights ``source`` (a path or URL) that are not there
-    for ``reason``: fetch the official ``url`` (default: ``source``),
-    convert, pass."""
+    """How to get the missing weights ``source``: fetch the official
+    ``url`` (default: ``source``), convert, pass."""
     url = url or source
     name = osp.basename(url)
     return (f'Pretrained weights {source} are {reason}. Fetch the official '
@@ -80,17 +70,12 @@ def missing_weights_message(source: str,
 
 
 def _cache() -> str:
-    """torch.hub's checkpoint cache, where downloads are kept."""
+    """torch.hub's checkpoint cache."""
     return osp.join(torch.hub.get_dir(), 'checkpoints')
 
 
 def fetch_official_weights(url: str) -> str:
-    """Return the cached file of an official URL, downloading it if needed.
-
-    Raises:
-        WeightsNotFoundError: Not cached, and offline or the download
-            failed; the message says how to fetch and convert the file.
-    """
+    """The cached file of an official URL, downloaded if needed."""
     if not osp.isfile(osp.join(_cache(), osp.basename(url))) and \
             os.environ.get(OFFLINE_ENV, '0') not in ('', '0'):
         raise WeightsNotFoundError(
@@ -107,29 +92,17 @@ def fetch_official_weights(url: str) -> str:
 
 
 def load_from_official_release(filename: str, map_location=None) -> dict:
-    """mmengine checkpoint loader for the official URLs: fetch, convert to
-    ``{'state_dict': ..., 'meta': ...}`` in our layout."""
-    # Imported on first use: `import convmixer_mm` need not load it.
-    from .converter import convert_state_dict
-    path = fetch_official_weights(filename)
-    try:
-        checkpoint = load_checkpoint_file(path)
-    except CheckpointError:
-        os.remove(path)  # never keep, nor trust later, a refused download
-        raise
-    state, meta = convert_state_dict(checkpoint)
+    """mmengine's loader for the official URLs: fetch and convert."""
+    from .converter import convert_state_dict  # not at `import convmixer_mm`
+    fetch_official_weights(filename)
+    state, meta = convert_state_dict(load_url(filename))
     meta['source_file'] = osp.basename(filename)
     return dict(state_dict=state, meta=meta)
 
 
 def load_from_local_any_layout(filename: str, map_location=None) -> Any:
-    """mmengine's loader for local files, converting ConvMixer checkpoints
-    of the official and timm layouts to ours; others load unchanged.
-
-    Raises:
-        CheckpointError: An official or timm file that does not convert;
-            the message gives the converter command.
-    """
+    """mmengine's loader for local files: official and timm ConvMixer
+    checkpoints are converted to ours, others load unchanged."""
     checkpoint = load_checkpoint_file(filename, map_location)
     try:
         layout = detect_layout(extract_state_dict(checkpoint))
@@ -148,8 +121,7 @@ def load_from_local_any_layout(filename: str, map_location=None) -> Any:
 
 
 def register_official_loader() -> None:
-    """Route the official URLs through :func:`load_from_official_release`
-    and local files through :func:`load_from_local_any_layout`."""
+    """Route the official URLs and local files through our loaders."""
     CheckpointLoader.register_scheme(
         list(OFFICIAL_URL_PREFIXES), load_from_official_release, force=True)
     CheckpointLoader.register_scheme('', load_from_local_any_layout,

@@ -1,19 +1,16 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """``load_model`` and ``classify``: mmpretrain's ``get_model`` and
-``inference_model`` with checks.
+``inference_model`` (which take our names too) with checks.
 
-mmpretrain's own functions work with our names too (and keep their own
-behaviour); these add what a user needs when something is wrong: a missing
-weight file names the URL and the conversion command, a checkpoint of any
-layout (official, timm, mmpretrain) is converted on the fly, mismatched
-shapes are listed key by key, and weights trained with another activation
-than the config's are refused instead of silently giving wrong
-predictions.
+A missing weight file names the URL and the conversion command, any
+checkpoint layout is converted on the fly, mismatched shapes are listed key
+by key, and weights trained with another activation than the config's are
+refused rather than silently giving wrong predictions.
 """
 import os.path as osp
 import warnings
 from os import PathLike
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -38,36 +35,20 @@ def load_model(model: ModelType,
                pretrained: Union[bool, str, PathLike] = False,
                device: Union[str, torch.device, None] = None,
                **kwargs) -> BaseModel:
-    """Build a model by name or config, with checked pretrained weights.
+    """Build a model by name (``mmpretrain.list_models('convmixer-mm*')``)
+    or config, in eval mode, with checked weights.
 
-    Args:
-        model (str | PathLike | Config): A model name (see
-            ``mmpretrain.list_models('convmixer-mm*')``), a config file or
-            a config.
-        pretrained (bool | str | PathLike): ``True`` for the model's
-            predefined weights, or a checkpoint path or URL of any
-            ConvMixer layout. Defaults to False.
-        device (str | torch.device, optional): Where to put the model.
-            Defaults to None (CPU).
-        **kwargs: Overrides of the ``model`` config.
-
-    Returns:
-        BaseModel: The model in eval mode. ``model.dataset_meta`` holds the
-        class names when the checkpoint records them.
-
-    Raises:
-        WeightsNotFoundError: The weights are not on disk (or not
-            downloadable); the message says how to fetch and convert them.
-        CheckpointError: The file is not a ConvMixer checkpoint, or does
-            not fit the config (mismatched keys listed) or its activation.
+    ``pretrained`` is ``True`` for the model's predefined weights, or a
+    checkpoint path or URL of any ConvMixer layout; ``kwargs`` override the
+    ``model`` config. ``model.dataset_meta`` holds the class names when the
+    checkpoint records them.
     """
     if isinstance(pretrained, PathLike):
         pretrained = str(pretrained)
     if isinstance(pretrained, str) and not is_remote(pretrained) \
             and not osp.isfile(pretrained):
-        url = None
-        if isinstance(model, str) and ModelHub.has(model.lower()):
-            url = ModelHub.get(model).weights
+        url = ModelHub.get(model).weights if isinstance(
+            model, str) and ModelHub.has(model.lower()) else None
         raise WeightsNotFoundError(
             missing_weights_message(
                 pretrained, url, reason='not found: no such file'))
@@ -88,13 +69,8 @@ def load_model(model: ModelType,
 
 
 def load_pretrained(net: BaseModel, source: str) -> None:
-    """Load a ConvMixer checkpoint of any layout into ``net``, strictly.
-
-    Args:
-        net (BaseModel): An ``ImageClassifier`` with a ConvMixer backbone,
-            as built by :func:`load_model`.
-        source (str): A local file or a URL.
-    """
+    """Load a ConvMixer checkpoint (file or URL) of any layout into
+    ``net``, built by :func:`load_model`, strictly."""
     checkpoint = load_checkpoint_file(source)
     state, meta = convert_state_dict(checkpoint)
     raise_mismatches(
@@ -131,20 +107,12 @@ MAX_PIXELS = 50_000_000
 
 def load_image(img: Union[str, PathLike, np.ndarray],
                channels: int = 3) -> np.ndarray:
-    """Read an image as the model takes it, with bounded memory.
+    """Read an image file or array as ``(H, W, 3)`` BGR or, for
+    ``channels=1``, ``(H, W)`` gray uint8, with bounded memory.
 
     Large JPEGs are decoded downscaled (see ``DECODE_MIN_SIDE``), other
     images over ``MAX_PIXELS`` are refused, alpha is composited on white
-    and the channels are converted (:func:`to_channels`).
-
-    Args:
-        img (str | PathLike | np.ndarray): An image file (JPEG, PNG, ...)
-            or a loaded gray, BGR or BGRA array.
-        channels (int): 3 for BGR colour (the ImageNet configs convert to
-            RGB), 1 for grayscale. Defaults to 3.
-
-    Returns:
-        np.ndarray: ``(H, W, 3)`` or ``(H, W)`` uint8.
+    (:func:`to_channels`).
     """
     if isinstance(img, np.ndarray):
         return to_channels(img, channels)
@@ -174,14 +142,12 @@ def load_image(img: Union[str, PathLike, np.ndarray],
             f'{path} is {width}x{height} pixels: images are decoded to at '
             f'most {MAX_PIXELS // 10**6} megapixels (JPEGs at down to 1/8 '
             'scale) to bound memory. Downscale it first.')
-    flag = {
-        1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-        4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8
-    }[scale]
+    flag = cv2.IMREAD_UNCHANGED if alpha else getattr(
+        cv2, f'IMREAD_REDUCED_COLOR_{scale}', cv2.IMREAD_COLOR)
     with open(path, 'rb') as f:
         data = np.frombuffer(f.read(), np.uint8)
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED if alpha else flag)
+        image = cv2.imdecode(data, flag)
     except cv2.error:
         image = None
     if image is None:
@@ -191,32 +157,14 @@ def load_image(img: Union[str, PathLike, np.ndarray],
     return to_channels(image, channels)
 
 
-def topk_predictions(scores: np.ndarray,
-                     classes: Optional[List[str]],
-                     k: int = 5) -> List[Tuple[int, str, float]]:
-    """The ``k`` best ``(label, class name, score)``, best first."""
-    order = np.argsort(-scores, kind='stable')[:k]
-    return [(int(i), classes[i] if classes else str(int(i)), float(scores[i]))
-            for i in order]
-
-
 def classify(model: Union[BaseModel, ModelType],
              img: Union[str, PathLike, np.ndarray],
              pretrained: Union[bool, str, PathLike] = False,
              device: Union[str, torch.device, None] = None,
              topk: int = 5,
              **kwargs) -> dict:
-    """Classify one image.
-
-    Args:
-        model (BaseModel | str | PathLike | Config): A built model, or what
-            :func:`load_model` takes.
-        img (str | PathLike | np.ndarray): The image.
-        pretrained (bool | str | PathLike): See :func:`load_model`; ignored
-            for a built model. Defaults to False.
-        device (str | torch.device, optional): See :func:`load_model`.
-        topk (int): How many classes to list. Defaults to 5.
-        **kwargs: Overrides of the ``model`` config.
+    """Classify one image with a built model or what :func:`load_model`
+    takes (``pretrained``, ``device`` and ``kwargs`` go to it).
 
     Returns:
         dict: mmpretrain's ``pred_scores``, ``pred_label``, ``pred_score``
@@ -232,10 +180,12 @@ def classify(model: Union[BaseModel, ModelType],
         model = load_model(model, pretrained, device, **kwargs)
     image = load_image(img, model.backbone.stem[0].in_channels)
     inferencer = ImageClassificationInferencer(model, pretrained=False)
-    # The inferencer's own __call__ draws a progress bar on stdout; one
-    # image needs none.
+    # Not the inferencer's __call__, which draws a progress bar on stdout.
     batch = next(inferencer.preprocess([image]))
     result: Any = inferencer.postprocess(inferencer.forward(batch), [])[0]
-    result['topk'] = topk_predictions(result['pred_scores'],
-                                      inferencer.classes, topk)
+    scores, classes = result['pred_scores'], inferencer.classes
+    result['topk'] = [
+        (int(i), classes[i] if classes else str(i), float(scores[i]))
+        for i in np.argsort(-scores, kind='stable')[:topk]
+    ]
     return result

@@ -39,14 +39,7 @@ class _Logits(nn.Module):
 def build_classifier(config: Union[str, Config],
                      checkpoint: Optional[str] = None) -> nn.Module:
     """Build the model of a config (file or object) on CPU in eval mode,
-    with the weights of ``checkpoint`` (default: random init), which must
-    match the model key for key and shape for shape.
-
-    Raises:
-        ConfigError: The config does not exist.
-        CheckpointError: The checkpoint is missing, unreadable or does not
-            fit the model.
-    """
+    with the weights of ``checkpoint`` (default: random), loaded strictly."""
     if isinstance(config, str):
         config = load_config(config)
     # Read the checkpoint before building, so a wrong path fails at once.
@@ -61,28 +54,39 @@ def build_classifier(config: Union[str, Config],
     return model.eval()
 
 
-def check_export_args(out_file: str, opset: int, force: bool) -> str:
-    """Validate the output path and opset before any work is done; return
-    the absolute output path.
+def chw_shape(model: nn.Module, shape: Sequence[int]) -> Tuple[int, ...]:
+    """``(C, H, W)`` from ``H``, ``(H, W)`` or ``(C, H, W)``; C defaults to
+    the input channels of the model's first conv."""
+    shape = tuple(shape) * (2 if len(shape) == 1 else 1)
+    if len(shape) == 2:
+        conv = next((m for m in model.modules()
+                     if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise ValueError('The model has no Conv2d to infer the input '
+                             'channels from: pass them in the shape.')
+        shape = (conv.in_channels, ) + shape
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f'input_shape={shape} must be H, (H, W) or '
+                         '(C, H, W) of positive ints.')
+    return shape
 
-    Raises:
-        ValueError: ``opset`` is out of range or ``out_file`` is not .onnx.
-        OSError: ``out_file`` is a directory, exists (without
-            ``force``), or its directory is missing or not writable.
-    """
+
+def check_export_args(out_file: str, opset: int, force: bool) -> str:
+    """Check the output path and opset before any work; return the
+    absolute output path."""
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(
             f'opset={opset!r} is not supported: use an int in '
             f'[{MIN_OPSET}, {MAX_OPSET}] ({DYNAMO_MIN_OPSET}+ uses the '
             f'dynamo exporter, below it the TorchScript one).')
     out_file = osp.abspath(out_file)
-    out_dir = osp.dirname(out_file)
     if not out_file.endswith('.onnx'):
         raise ValueError(f'Output {out_file!r} must end with .onnx.')
     if osp.isdir(out_file):
         raise IsADirectoryError(
             f'Output {out_file!r} is a directory: name an .onnx file.')
     refuse_overwrite(out_file, force)
+    out_dir = osp.dirname(out_file)
     if not osp.isdir(out_dir):
         raise FileNotFoundError(
             f'Output directory {out_dir!r} does not exist: create it first.')
@@ -113,22 +117,14 @@ def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int,
             dynamic_axes=axes if dynamic_batch else None, **kwargs)
 
 
-def verify_onnx(onnx_file: str,
-                model: nn.Module,
-                input_shape: Sequence[int],
-                batch_sizes: Sequence[int] = (2, ),
-                atol: float = 1e-4) -> Dict[int, float]:
-    """Run the ONNX file with onnxruntime on random ``(B, C, H, W)``
-    batches of each size and return the max absolute difference of its
-    logits from ``model``'s per batch size.
-
-    Raises:
-        ExportError: A batch size does not run or differs by more than
-            ``atol``.
-    """
+def verify_onnx(onnx_file: str, model: nn.Module, input_shape: Sequence[int],
+                batch_sizes: Sequence[int], atol: float) -> Dict[int, float]:
+    """The max absolute difference of the ONNX file's logits (run with
+    onnxruntime) from ``model``'s, on a random batch of each size; raise
+    :class:`ExportError` if one fails to run or differs by over ``atol``."""
     import onnxruntime as ort
 
-    # onnxruntime's exception types share no base class but Exception.
+    # onnxruntime's exceptions share no base class but Exception.
     try:
         session = ort.InferenceSession(
             onnx_file, providers=['CPUExecutionProvider'])
@@ -140,7 +136,7 @@ def verify_onnx(onnx_file: str,
     for batch in batch_sizes:
         inputs = torch.randn(batch, *input_shape, generator=generator)
         with torch.no_grad():
-            expected = _Logits(model).eval()(inputs).numpy()
+            expected = model(inputs, mode='tensor').numpy()
         try:
             (actual, ) = session.run(['logits'], {'input': inputs.numpy()})
         except Exception as e:  # noqa: BLE001
@@ -165,68 +161,25 @@ def export_onnx(model: nn.Module,
                 force: bool = False) -> Dict[int, float]:
     """Export a classifier's logits to ONNX, checked with onnxruntime.
 
-    The graph takes an already normalized ``(B, C, H, W)`` float batch
-    named ``input`` and returns ``logits``; the data preprocessor's mean
-    and std are stored in the file's metadata. The file is written next to
-    ``out_file`` under a temporary name and only renamed into place once
-    onnxruntime agrees with PyTorch, so a failure leaves nothing behind.
-
-    Args:
-        model (nn.Module): An mmpretrain classifier (with a head).
-        out_file (str): Path of the ``.onnx`` file.
-        input_shape (Sequence[int]): ``(H, W)`` or ``(C, H, W)``; C defaults
-            to the first conv's input channels.
-        opset (int): ONNX opset, in [11, 23]. Defaults to 18.
-        dynamic_batch (bool): Make the batch dimension dynamic (checked at
-            batch sizes 1 and 3); otherwise the batch is fixed to 1.
-            Defaults to False.
-        atol (float): Largest allowed absolute difference of the logits.
-            Defaults to 1e-4.
-        force (bool): Replace an existing ``out_file``. Defaults to
-            False.
-
-    Returns:
-        dict[int, float]: Max absolute difference per checked batch size.
-
-    Example:
-        >>> import os.path as osp, tempfile
-        >>> from mmpretrain.registry import MODELS
-        >>> from convmixer_mm.apis.onnx_export import export_onnx
-        >>> arch = dict(embed_dims=16, depth=2, patch_size=4, kernel_size=4)
-        >>> model = MODELS.build(dict(
-        ...     type='ImageClassifier',
-        ...     backbone=dict(type='ConvMixerMM', arch=arch, in_channels=1),
-        ...     head=dict(type='ConvMixerClsHead', num_classes=10,
-        ...               in_channels=16))).eval()
-        >>> out = osp.join(tempfile.mkdtemp(), 'tiny.onnx')
-        >>> diffs = export_onnx(model, out, (28, 28), dynamic_batch=True)
-        >>> print(sorted(diffs), max(diffs.values()) < 1e-4)
-        [1, 3] True
+    The graph takes a normalized ``(B, C, H, W)`` float batch ``input``
+    (``input_shape`` as :func:`chw_shape` reads it) and returns
+    ``logits``; the preprocessor's mean and std go in its metadata. The
+    batch is 1, or with ``dynamic_batch`` dynamic (checked at 1 and 3).
+    The file is renamed into place only once onnxruntime agrees with
+    PyTorch to ``atol``, so a failure leaves nothing behind. Returns the
+    max absolute difference per checked batch size.
     """
     out_file = check_export_args(out_file, opset, force)
     if not getattr(model, 'with_head', False):
         raise ValueError('Only classifiers with a head can be exported: the '
                          'config needs model.head.')
-    input_shape = tuple(input_shape)
-    if len(input_shape) == 2:
-        conv = next((m for m in model.modules()
-                     if isinstance(m, nn.Conv2d)), None)
-        if conv is None:
-            raise ValueError('The model has no Conv2d to infer the input '
-                             'channels from: pass them in input_shape.')
-        input_shape = (conv.in_channels, ) + input_shape
-    if len(input_shape) != 3 or min(input_shape) <= 0:
-        raise ValueError(f'input_shape={input_shape} must be (H, W) or '
-                         '(C, H, W) of positive ints.')
+    input_shape = chw_shape(model, input_shape)
     model = model.eval()
-    # A batch of 2 keeps torch.export from specializing the dynamic batch
-    # dimension to 1.
+    # A batch of 2 keeps torch.export from fixing a dynamic batch to 1.
     example = torch.zeros(2 if dynamic_batch else 1, *input_shape)
     diffs: Dict[int, float] = {}
 
     def export_and_verify(tmp_file: str) -> None:
-        # Raising here leaves out_file as it was: only a graph that
-        # onnxruntime reproduces is renamed into place.
         _export(_Logits(model).eval(), example, tmp_file, opset,
                 dynamic_batch)
         _add_metadata(tmp_file, model)

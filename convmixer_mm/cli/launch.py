@@ -1,28 +1,24 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
-"""The logic of ``tools/train.py`` and ``tools/test.py``.
-
-The command lines follow mmpretrain's tools. User errors (a missing config,
-data set or checkpoint, a corrupt or mismatching checkpoint, bad
-``--cfg-options``) end with one ``error:`` line naming the problem and the
-fix, exit status 1 (2 for command-line syntax), and no traceback.
-"""
+"""``tools/train.py`` and ``tools/test.py``: mmpretrain's command lines,
+where a bad config, data set, checkpoint or ``--cfg-options`` ends in one
+``error:`` line, exit status 1 (2 for bad syntax) and nothing written."""
 import argparse
 import copy
 import ctypes
 import difflib
 import gc
-import logging
 import os
 import os.path as osp
 import signal
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import mmengine
 import numpy as np
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import BaseMetric, DumpResults
+from mmengine.runner import Runner
 
 from ..engine.config import ConfigError, build_runner, load_config
 from ..engine.validate import check_config
@@ -30,16 +26,11 @@ from ..engine.work_dir import work_dir_lock
 from ..utils import UserError, atomic_save_bytes, refuse_overwrite
 from . import run
 
-#: Log lines that are harmless here and bury the useful ones: one per
-#: parameter without weight decay, mmengine's own deprecations, and a
-#: metric that computes nothing.
+# Harmless log lines that bury the useful ones: one per parameter without
+# weight decay, mmengine's own deprecations, a metric that computes nothing.
 KNOWN_NOISE = ('paramwise_options -- ', '"FileClient" will be deprecated',
                '"HardDiskBackend" is the alias',
                'The prefix is not set in metric class DumpResults')
-
-
-def _not_noise(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(KNOWN_NOISE)
 
 
 class CfgOptionsAction(DictAction):
@@ -61,54 +52,42 @@ def _parser(test: bool) -> argparse.ArgumentParser:
         description='Test (and evaluate) a checkpoint' if test else
         'Train a model')
     add = parser.add_argument
-    add('config', help=f'{"test" if test else "train"} config file path')
+    add('config', help='config file')
     if test:
         add('checkpoint', help='checkpoint file')
-        add('--work-dir',
-            help='the dir to save the evaluation metrics and logs')
-        add('--out',
-            help='file to dump results to. FILE.npz: compact predictions, '
-            'numpy arrays pred_label (N,), pred_score (N, classes) and '
-            "gt_label (N,), in dataset order; .pkl/.json: mmpretrain's "
-            'full DataSample dicts (inputs included, large)')
+    add('--work-dir', help='the dir for logs and checkpoints')
+    add('--amp', action='store_true',
+        help='mixed precision: fp16 (or optim_wrapper.dtype) on GPU, bf16 '
+        'on CPU')
+    if test:
+        add('--out', help='FILE.npz: compact predictions (arrays '
+            'pred_label, pred_score, gt_label in dataset order); .pkl: '
+            "mmpretrain's full samples (large)")
         add('--force', action='store_true', help='overwrite OUT if it exists')
         add('--out-item', choices=['metrics', 'pred'],
             help='dump the metrics or the predictions (default) to --out')
-        add('--amp', action='store_true',
-            help='mixed precision test (fp16 on GPU, bf16 on CPU)')
         add('--show-dir', help='save images with their predictions here')
         add('--show', action='store_true',
-            help='display each image with its prediction in a window '
-            '(needs a display)')
+            help='show each image with its prediction (needs a display)')
         add('--interval', type=int, default=1,
             help='visualize every INTERVAL-th sample')
         add('--wait-time', type=float, default=2,
             help='seconds each --show window stays open')
-        add('--tta', action='store_true',
-            help="test-time augmentation: the config's tta_model and "
-            'tta_pipeline if it has them, else the average score of the '
-            'image and its horizontal flip')
+        add('--tta', action='store_true', help="the config's tta_model "
+            'and tta_pipeline, else the mean score of image and flip')
     else:
-        add('--work-dir', help='the dir to save logs and models')
         add('--resume', nargs='?', type=str, const='auto',
-            help='resume from the checkpoint PATH, or with no PATH (or '
-            '"auto") from the latest complete checkpoint in the work dir.')
-        add('--amp', action='store_true',
-            help='mixed precision: fp16 (or optim_wrapper.dtype) on GPU, '
-            'bf16 on CPU.')
+            help="resume from PATH, or the work dir's latest checkpoint")
         add('--no-validate', action='store_true',
             help='do not evaluate the checkpoints during training')
         add('--auto-scale-lr', action='store_true',
-            help='scale the lr by the actual total batch size over '
-            'auto_scale_lr.base_batch_size')
+            help='scale the lr by batch size / auto_scale_lr.base_batch_size')
         add('--no-persistent-workers', action='store_true',
             help='disable persistent_workers in the dataloaders')
     add('--no-pin-memory', action='store_true',
         help='disable pin_memory in the dataloaders')
     add('--cfg-options', nargs='+', action=CfgOptionsAction,
-        help='override settings of the config, KEY=VALUE pairs such as '
-        'train_cfg.max_epochs=2 or "model.backbone.out_indices=[-1]" (no '
-        'spaces). Every parent of KEY must exist in the config.')
+        help='KEY=VALUE overrides, e.g. train_cfg.max_epochs=2 (no spaces)')
     add('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none', help='job launcher')
     # torchrun passes --local-rank (torch.distributed.launch --local_rank).
@@ -120,8 +99,7 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
     """Merge ``--cfg-options``, refusing keys whose parents do not exist.
 
     A new leaf (``model.backbone.drop_path_rate``) is allowed; a misspelt
-    parent (``trian_cfg.max_epochs``) is an error that names the closest
-    existing keys.
+    parent (``trian_cfg.max_epochs``) is an error naming the closest keys.
     """
     for key in options or {}:
         node, parts = cfg._cfg_dict, key.split('.')
@@ -134,10 +112,7 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
             else:
                 close = difflib.get_close_matches(
                     part, list(node) if isinstance(node, dict) else [], n=3)
-                hint = (f' Did you mean {", ".join(close)}?' if close else
-                        ' Print the config with `python -c "from mmengine '
-                        "import Config; print(Config.fromfile('CONFIG')."
-                        'pretty_text)"`.')
+                hint = f' Did you mean {", ".join(close)}?' if close else ''
                 raise ConfigError(
                     f'--cfg-options {key}=...: the config has no '
                     f'{".".join(parts[:depth + 1])!r}.{hint}')
@@ -145,9 +120,40 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
         cfg.merge_from_dict(options)
 
 
-def _common_args(cfg: Config, args: argparse.Namespace,
-                 loaders: Sequence[str], **defaults) -> None:
-    """Launcher, work dir and dataloader defaults, for both commands."""
+def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the arguments of ``tools/train.py`` or ``tools/test.py``."""
+    test = 'checkpoint' in args
+    if test:
+        cfg.load_from, cfg.resume = args.checkpoint, False
+        if args.amp:
+            cfg.test_cfg = cfg.get('test_cfg') or ConfigDict()
+            cfg.test_cfg.fp16 = True
+        if args.show or args.show_dir is not None:
+            cfg.setdefault('default_hooks', ConfigDict())['visualization'] = \
+                ConfigDict(type='VisualizationHook', enable=True,
+                           show=args.show, wait_time=args.wait_time,
+                           out_dir=args.show_dir, interval=args.interval)
+        if args.tta:
+            _use_tta(cfg)
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+            dict(type='TestProgressBarHook')
+        ]
+    else:
+        if args.no_validate:
+            cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+        if args.amp:
+            cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        if args.resume is not None:
+            cfg.resume = True
+            cfg.load_from = None if args.resume == 'auto' else args.resume
+        if args.auto_scale_lr:
+            if 'auto_scale_lr' not in cfg:
+                raise ConfigError(
+                    '--auto-scale-lr: the config has no auto_scale_lr; add '
+                    'auto_scale_lr = dict(base_batch_size=N) with the batch '
+                    'size its lr was tuned for.')
+            cfg.auto_scale_lr.enable = True
     cfg.launcher = args.launcher
     if not torch.cuda.is_available():
         cfg.setdefault('env_cfg', ConfigDict()).setdefault(
@@ -157,34 +163,16 @@ def _common_args(cfg: Config, args: argparse.Namespace,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
-    defaults.update(
+    defaults = dict(
         pin_memory=torch.cuda.is_available() and not args.no_pin_memory,
         collate_fn=dict(type='default_collate'))
+    if not test:
+        defaults['persistent_workers'] = not args.no_persistent_workers
+    loaders = ('test_dataloader', ) if test else (
+        'train_dataloader', 'val_dataloader', 'test_dataloader')
     for field in loaders:
         if cfg.get(field) is not None:
             cfg[field] = ConfigDict(defaults, **cfg[field])
-
-
-def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
-    """Apply the ``tools/train.py`` arguments to ``cfg``."""
-    if args.no_validate:
-        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    if args.amp:
-        cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = None if args.resume == 'auto' else args.resume
-    if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg:
-            raise ConfigError(
-                '--auto-scale-lr: the config has no auto_scale_lr; add '
-                'auto_scale_lr = dict(base_batch_size=N) with the batch '
-                'size its lr was tuned for.')
-        cfg.auto_scale_lr.enable = True
-    loaders = ('train_dataloader', 'val_dataloader', 'test_dataloader')
-    _common_args(cfg, args, loaders,
-                 persistent_workers=not args.no_persistent_workers)
     merge_cfg_options(cfg, args.cfg_options)
     for field in loaders:
         # persistent_workers needs workers.
@@ -193,35 +181,11 @@ def merge_train_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def merge_test_args(cfg: Config, args: argparse.Namespace) -> Config:
-    """Apply the ``tools/test.py`` arguments to ``cfg``."""
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-    if args.amp:
-        cfg.test_cfg = cfg.get('test_cfg') or ConfigDict()
-        cfg.test_cfg.fp16 = True
-    if args.show or args.show_dir is not None:
-        cfg.setdefault('default_hooks', ConfigDict())['visualization'] = \
-            ConfigDict(type='VisualizationHook', enable=True, show=args.show,
-                       wait_time=args.wait_time, out_dir=args.show_dir,
-                       interval=args.interval)
-    if args.tta:
-        _use_tta(cfg)
-    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-        dict(type='TestProgressBarHook')
-    ]
-    _common_args(cfg, args, ('test_dataloader', ))
-    merge_cfg_options(cfg, args.cfg_options)
-    return cfg
-
-
 class DumpPredictions(BaseMetric):
-    """Write labels and scores as numpy arrays to an ``.npz`` file: the
-    compact ``tools/test.py --out``, about 60 bytes per image for 10
-    classes where mmengine's ``DumpResults`` pickles whole samples.
-
-    ``pred_label`` is the argmax of ``pred_score``, as ``Accuracy`` counts
-    it (mmpretrain's TTA merges the scores but keeps one view's label).
+    """``tools/test.py --out FILE.npz``: labels and scores as arrays, about
+    60 bytes per image for 10 classes (``DumpResults`` pickles whole
+    samples). ``pred_label`` is the argmax of ``pred_score``, as ``Accuracy``
+    counts it (mmpretrain's TTA merges the scores, keeps one view's label).
     """
     default_prefix = 'dump'
 
@@ -230,7 +194,6 @@ class DumpPredictions(BaseMetric):
         self.out_file_path = out_file_path
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
-        """Keep the label, scores and ground truth of each sample."""
         for sample in data_samples:
             gt = sample.get('gt_label')
             self.results.append(
@@ -238,7 +201,6 @@ class DumpPredictions(BaseMetric):
                  -1 if gt is None or gt.numel() != 1 else int(gt)))
 
     def compute_metrics(self, results: list) -> dict:
-        """Write the file atomically; no metrics."""
         scores, gts = zip(*results)
         scores = torch.stack(scores).numpy()
 
@@ -267,14 +229,72 @@ def _use_tta(cfg: Config) -> None:
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
-def _shut_down_distributed() -> None:
-    """Tear the process group down while the interpreter is whole.
+def _exit_with_launcher(launcher: str) -> None:
+    """Make a torchrun worker die with its agent (Linux only): a ``kill
+    -9`` of torchrun would leave orphans training in the work dir."""
+    if launcher != 'pytorch' or not sys.platform.startswith('linux'):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # The agent died before the call above.
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    Left to interpreter shutdown, gloo's worker threads may free tensors
-    after Python is gone and abort the process ("terminate called without
-    an active exception") after a successful run. The runner's cycles
-    (which hold the DDP model and its process group) are collected first.
-    """
+
+def _prepare(argv: Optional[List[str]],
+             test: bool) -> Tuple[argparse.Namespace, Config]:
+    """Parse the command line and merge it into the config, checked
+    before anything is written."""
+    args = _parser(test).parse_args(argv)
+    if test and args.out_item and not args.out:
+        raise ConfigError('--out-item needs --out FILE to write to.')
+    if test and args.out:
+        if args.out_item != 'metrics' and not args.out.endswith(
+                ('.npz', '.pkl', '.pickle')):
+            raise ConfigError(
+                f'--out {args.out}: predictions are written to FILE.npz '
+                '(compact arrays) or FILE.pkl (full samples); for the '
+                'metrics add --out-item metrics.')
+        refuse_overwrite(args.out, args.force)
+    _exit_with_launcher(args.launcher)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    base = load_config(args.config)
+    cfg = merge_args(copy.deepcopy(base), args)
+    loaders = ('test_dataloader', ) if test else ('train_dataloader',
+                                                   'val_dataloader')
+    check_config(cfg, base, args.cfg_options, args.config,
+                 [f for f in loaders if cfg.get(f) is not None])
+    return args, cfg
+
+
+def _build_runner(cfg: Config) -> Runner:
+    runner = build_runner(cfg)
+    runner.logger.addFilter(
+        lambda record: not str(record.msg).startswith(KNOWN_NOISE))
+    return runner
+
+
+def _train(argv: Optional[List[str]]) -> None:
+    _, cfg = _prepare(argv, test=False)
+    with work_dir_lock(cfg.work_dir):
+        _build_runner(cfg).train()
+
+
+def _test(argv: Optional[List[str]]) -> None:
+    args, cfg = _prepare(argv, test=True)
+    runner = _build_runner(cfg)
+    if args.out and args.out_item in ('pred', None):
+        dump = DumpPredictions if args.out.endswith('.npz') else DumpResults
+        runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
+    metrics = runner.test()
+    if args.out and args.out_item == 'metrics':
+        mmengine.dump(metrics, args.out)
+
+
+def _shut_down_distributed() -> None:
+    """Tear the process group down while the interpreter is whole: at
+    interpreter shutdown gloo's threads may free tensors after Python is
+    gone and abort a successful run. The runner's cycles (holding the DDP
+    model and its process group) are collected first."""
     if not (torch.distributed.is_available()
             and torch.distributed.is_initialized()):
         return
@@ -284,67 +304,8 @@ def _shut_down_distributed() -> None:
     gc.collect()
 
 
-def _exit_with_launcher(launcher: str) -> None:
-    """Make a torchrun worker die with its agent (Linux only).
-
-    torchrun ends its workers when one fails, but a ``kill -9`` of torchrun
-    itself would leave them training as orphans that hold the work dir.
-    """
-    if launcher != 'pytorch' or not sys.platform.startswith('linux'):
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:
-        # The agent died before the call above.
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _config(args: argparse.Namespace, merge: Callable,
-            loaders: Sequence[str]) -> Config:
-    """The config with the command line merged in, checked against the
-    file before anything is written."""
-    _exit_with_launcher(args.launcher)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = merge(load_config(args.config), args)
-    check_config(cfg, load_config(args.config), args.cfg_options,
-                 args.config, [f for f in loaders if cfg.get(f) is not None])
-    return cfg
-
-
-def _train(argv: Optional[List[str]]) -> None:
-    args = _parser(test=False).parse_args(argv)
-    cfg = _config(args, merge_train_args,
-                  ('train_dataloader', 'val_dataloader'))
-    with work_dir_lock(cfg.work_dir):
-        runner = build_runner(cfg)
-        runner.logger.addFilter(_not_noise)
-        runner.train()
-
-
-def _test(argv: Optional[List[str]]) -> None:
-    args = _parser(test=True).parse_args(argv)
-    if args.out is None and args.out_item is not None:
-        raise ConfigError('--out-item needs --out FILE to write to.')
-    if args.out and args.out_item != 'metrics' and not args.out.endswith(
-            ('.npz', '.pkl', '.pickle')):
-        raise ConfigError(
-            f'--out {args.out}: predictions are written to FILE.npz '
-            '(compact arrays) or FILE.pkl (full samples); for the metrics '
-            'add --out-item metrics.')
-    if args.out is not None:
-        refuse_overwrite(args.out, args.force)
-    cfg = _config(args, merge_test_args, ('test_dataloader', ))
-    runner = build_runner(cfg)
-    runner.logger.addFilter(_not_noise)
-    if args.out and args.out_item in ('pred', None):
-        dump = DumpPredictions if args.out.endswith('.npz') else DumpResults
-        runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
-    metrics = runner.test()
-    if args.out and args.out_item == 'metrics':
-        mmengine.dump(metrics, args.out)
-
-
 def _run(main: Callable, argv: Optional[List[str]]) -> int:
+    # Training and testing catch only UserError: a bug keeps its traceback.
     status = run(main, argv, errors=(UserError, ))
     # Only after success: after a failure the other ranks may never reach
     # the barrier, and torchrun stops them anyway.

@@ -17,30 +17,22 @@ from convmixer_mm.apis.onnx_export import (DEFAULT_OPSET, MAX_OPSET,
 from convmixer_mm.cli import run
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='Export a classifier to ONNX and check it against '
-        'PyTorch with onnxruntime.')
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add('config', help='config file')
     add('checkpoint', help='checkpoint file (.pth)')
     add('out', help='output .onnx file')
     add('--shape', type=int, nargs='+', default=[224, 224],
-        help="input H W (or C H W; C defaults to the model's input "
-        'channels). Defaults to 224 224.')
+        help="input H W, or C H W (default: 224 224 and the model's C)")
     add('--opset', type=int, default=DEFAULT_OPSET,
-        help=f'ONNX opset in [{MIN_OPSET}, {MAX_OPSET}]. Defaults to '
-        f'{DEFAULT_OPSET}.')
-    add('--dynamic-batch', action='store_true',
-        help='make the batch dimension dynamic (checked at two sizes)')
+        help=f'ONNX opset in [{MIN_OPSET}, {MAX_OPSET}] (default: '
+        f'{DEFAULT_OPSET})')
+    add('--dynamic-batch', action='store_true', help='dynamic batch size')
     add('--atol', type=float, default=1e-4,
-        help='largest allowed max abs difference of the logits')
+        help='largest allowed difference of the logits from PyTorch')
     add('--force', action='store_true', help='overwrite OUT if it exists')
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     # Fail on a bad opset or output before loading anything.
     check_export_args(args.out, args.opset, args.force)
     model = build_classifier(args.config, args.checkpoint)

@@ -14,31 +14,24 @@ from convmixer_mm.apis.converter import (convert_checkpoint,
 from convmixer_mm.cli import run
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def convert(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description='Convert a ConvMixer checkpoint (official nn.Sequential, '
-        'timm or mmpretrain layout; detected from the keys) for '
-        'convmixer_mm, or back to timm/official with --to.')
+        description='Convert a ConvMixer checkpoint (official, timm or '
+        'mmpretrain layout, detected from the keys) for convmixer_mm, or '
+        'back to timm/official with --to.')
     add = parser.add_argument
     add('src', help='the checkpoint to convert')
     add('dst', help='where to write the result')
-    add('--arch', help='fail unless the checkpoint is this arch: 768/32, '
-        '1024/20, 1536/20 or DIM/DEPTH/KERNEL/PATCH')
-    add('--act', choices=['relu', 'gelu'],
-        help='the activation the weights were trained with (default: relu '
-        'for 768/32, gelu otherwise, as the official release)')
+    add('--arch', help='fail unless the checkpoint is this arch (768/32, '
+        '... or DIM/DEPTH/KERNEL/PATCH)')
+    add('--act', choices=['relu', 'gelu'], help='the activation of the '
+        "weights (default: the official release's, relu for 768/32)")
     add('--config', help='fail unless the checkpoint fits this config')
     add('--to', choices=['mmpretrain', 'timm', 'official'],
-        default='mmpretrain',
-        help='the layout to write (default: mmpretrain, ours)')
-    add('--ema', action='store_true',
-        help='convert state_dict_ema rather than state_dict')
+        default='mmpretrain', help='the layout to write (default: ours)')
+    add('--ema', action='store_true', help='convert state_dict_ema')
     add('--force', action='store_true', help='overwrite DST if it exists')
-    return parser.parse_args(argv)
-
-
-def convert(argv=None) -> None:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     meta = convert_checkpoint(args.src, args.dst, args.arch, args.act,
                               args.config, args.to, args.ema, args.force)
     print(describe_conversion(meta))
