@@ -9,15 +9,12 @@ Example::
 """
 import argparse
 import sys
-import warnings
 
 import torch
 
-# mmcv-lite lacks compiled ops that ConvMixer never uses.
-warnings.filterwarnings('ignore', 'Fail to import ``MultiScaleDeformable')
-from convmixer_mm.apis import classify  # noqa: E402
-from convmixer_mm.cli import run  # noqa: E402
-from convmixer_mm.utils import UserError  # noqa: E402
+from convmixer_mm.apis import classify
+from convmixer_mm.cli import run
+from convmixer_mm.utils import UserError
 
 
 def demo(argv=None) -> None:

@@ -2,11 +2,8 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [opts]``
 (mmpretrain's command line; the logic is in :mod:`convmixer_mm.cli.launch`)."""
 import sys
-import warnings
 
-# mmcv-lite lacks compiled ops that ConvMixer never uses.
-warnings.filterwarnings('ignore', 'Fail to import ``MultiScaleDeformable')
-from convmixer_mm.cli.launch import test  # noqa: E402
+from convmixer_mm.cli.launch import test
 
 if __name__ == '__main__':
     sys.exit(test())
