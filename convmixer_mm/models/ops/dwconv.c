@@ -212,26 +212,24 @@ DW_INLINE DW_NAME(bf16vec) DW_NAME(to_bf16)(V v) {
 
 /* Channels [0, n) of the pixel at element i of p, DW_T or bfloat16: a full
  * block is one vector access, not a call to libc's memcpy. */
-DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n,
-                                const int bf16) {
-  if (bf16) {
-    DW_NAME(bf16vec) h = {0};
-    memcpy(&h, (const unsigned short *)p + i,
-           (n == VLEN ? VLEN : n) * sizeof(short));
-    return DW_NAME(from_bf16)(h);
-  }
-  return DW_NAME(load)((const DW_T *)p + i, n);
+DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n, int bf16) {
+  if (!bf16) return DW_NAME(load)((const DW_T *)p + i, n);
+  DW_NAME(bf16vec) h = {0};
+  if (n == VLEN)
+    memcpy(&h, (const unsigned short *)p + i, sizeof(h));
+  else
+    memcpy(&h, (const unsigned short *)p + i, n * sizeof(short));
+  return DW_NAME(from_bf16)(h);
 }
 
 DW_INLINE void DW_NAME(block_store)(void *p, long i, V v, long n,
-                                    const int bf16) {
-  if (bf16) {
-    const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
-    memcpy((unsigned short *)p + i, &h,
-           (n == VLEN ? VLEN : n) * sizeof(short));
-  } else {
-    DW_NAME(store)((DW_T *)p + i, v, n);
-  }
+                                    int bf16) {
+  if (!bf16) return DW_NAME(store)((DW_T *)p + i, v, n);
+  const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
+  if (n == VLEN)
+    memcpy((unsigned short *)p + i, &h, sizeof(h));
+  else
+    memcpy((unsigned short *)p + i, &h, n * sizeof(short));
 }
 
 /* act(x), 1 = ReLU, 2 = exact GELU. */
@@ -294,6 +292,24 @@ DW_INLINE void DW_NAME(block_pack_row)(V *dst, const DW_NAME(blk) *k,
                        0, 2);
 }
 
+/* out[o + i * C] = x[i] + os * act(acc[i]) for i < no: one copy for every
+ * tile shape, with its branches outside the loops. */
+static void DW_NAME(block_out)(const DW_NAME(blk) *k, V *acc, const V *x,
+                               long o, int no) {
+  const dw_args *a = k->a;
+  if (a->act == 2)
+    for (int i = 0; i < no; ++i) acc[i] = x[i] + k->os * DW_NAME(gelu)(acc[i]);
+  else
+    for (int i = 0; i < no; ++i)
+      acc[i] = x[i] + k->os * DW_NAME(act)(acc[i], 1);
+  if (!a->bf16 && k->n == VLEN)
+    for (int i = 0; i < no; ++i)
+      DW_NAME(store)((DW_T *)a->out + o + i * a->C, acc[i], VLEN);
+  else
+    for (int i = 0; i < no; ++i)
+      DW_NAME(block_store)(a->out, o + i * a->C, acc[i], k->n, a->bf16);
+}
+
 /* Outputs [ow, ow + NO) of row oh: x + os * act(bias + conv(x)), x the
  * mapped input (the ring's centre row). L / R: the tile starts / ends at
  * the image's border, so that its first / last inputs are padding. */
@@ -306,12 +322,8 @@ DW_INLINE void DW_NAME(block_tile)(const V *const *row,
   V acc[NO];
   DW_NAME(conv_pixels)(row, ow, k->wk, k->bias, k0, k1, K, NO, L ? P : 0,
                        R ? NO + P : NO + K - 1, acc);
-  const V *x = row[P] + ow + P;
-  const long o = ((k->b * a->H + oh) * a->W + ow) * a->C + k->c0;
-  for (int i = 0; i < NO; ++i)
-    DW_NAME(block_store)(a->out, o + i * a->C,
-                         x[i] + k->os * DW_NAME(act)(acc[i], a->act), k->n,
-                         a->bf16);
+  DW_NAME(block_out)(k, acc, row[P] + ow + P,
+                     ((k->b * a->H + oh) * a->W + ow) * a->C + k->c0, NO);
 }
 
 /* The block over its image, row by row; with wide set (a kernel size
