@@ -275,21 +275,31 @@ typedef struct {
   const V *wk;
   V bias, os, s, t;
   long b, c0, n;
-  int next; /* also prefetch the next channel block's rows (to L2) */
+  int next; /* a next channel block follows in this task */
 } DW_NAME(blk);
 
-/* Image row h of the block into dst. */
+/* The address of pixel (h, w) of the block in p (in or out). */
+DW_INLINE const char *DW_NAME(block_at)(const void *p,
+                                        const DW_NAME(blk) *k, long c0,
+                                        long h, long w) {
+  const dw_args *a = k->a;
+  return (const char *)p + (((k->b * a->H + h) * a->W + w) * a->C + c0) *
+                               (a->bf16 ? 2 : sizeof(DW_T));
+}
+
+/* Image row h of the block into dst. With next set, asks for the same row
+ * of the next channel block too, so that packing that block reads from L2
+ * rather than waiting on one lone cache line per pixel. */
 DW_INLINE void DW_NAME(block_pack_row)(V *dst, const DW_NAME(blk) *k,
                                        long h) {
   const dw_args *a = k->a;
   const long i0 = (k->b * a->H + h) * a->W * a->C + k->c0;
-  const long size = a->bf16 ? 2 : sizeof(DW_T);
   for (long w = 0; w < a->W; ++w)
     dst[w] = DW_NAME(block_load)(a->in, i0 + w * a->C, k->n, a->bf16) *
                  k->s + k->t;
   for (long w = 0; k->next && w < a->W; ++w)
-    __builtin_prefetch((const char *)a->in + (i0 + VLEN + w * a->C) * size,
-                       0, 2);
+    __builtin_prefetch(DW_NAME(block_at)(a->in, k, k->c0 + VLEN, h, w), 0,
+                       2);
 }
 
 /* out[o + i * C] = x[i] + os * act(acc[i]) for i < no: one copy for every
@@ -330,8 +340,9 @@ DW_INLINE void DW_NAME(block_tile)(const V *const *row,
  * known at compile time), 16 or 8 outputs at a time, else one. */
 DW_INLINE void DW_NAME(block_rows)(V *ring, const DW_NAME(blk) *k,
                                    const int K, const int wide) {
+  const dw_args *a = k->a;
   const int P = (K - 1) / 2;
-  const long H = k->a->H, W = k->a->W, wp = W + K - 1;
+  const long H = a->H, W = a->W, wp = W + K - 1;
   const V *row[K];
   long packed = 0;
   for (long oh = 0; oh < H; ++oh) {
@@ -339,6 +350,15 @@ DW_INLINE void DW_NAME(block_rows)(V *ring, const DW_NAME(blk) *k,
     for (; packed < H && packed <= oh + K - 1 - P; ++packed)
       DW_NAME(block_pack_row)(ring + packed % K * wp + P, k, packed);
     for (int ki = 0; ki < K; ++ki) row[ki] = ring + (oh + ki - P + K) % K * wp;
+    /* Ask for the next row to pack and the next output row ahead of use:
+     * their pixels are lines of their own, which the hardware prefetchers
+     * do not foresee. */
+    for (long w = 0; packed < H && w < W; ++w)
+      __builtin_prefetch(DW_NAME(block_at)(a->in, k, k->c0, packed, w), 0,
+                         3);
+    for (long w = 0; oh + 1 < H && w < W; ++w)
+      __builtin_prefetch(DW_NAME(block_at)(a->out, k, k->c0, oh + 1, w), 1,
+                         3);
     const int k0 = oh < P ? P - oh : 0;
     const int k1 = H + P - oh < K ? H + P - oh : K;
     long ow = 0;
