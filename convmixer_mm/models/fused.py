@@ -164,6 +164,10 @@ class FusedConvMixerBlock(nn.Module):
         # so it becomes part of that conv's bias: W(x + s*h + t) + b
         # == W(x + s*h) + (W t + b).
         self.dw = FusedConvActBN(*residual.fn)
+        # Tap-major, (K, K, C), as dwconv_block reads them: no copy per call.
+        weight = self.dw.weight
+        self.dw.weight = weight.permute(2, 3, 1, 0).contiguous().permute(
+            3, 2, 0, 1)
         self.pw = FusedConvActBN(pwconv, act, bn)
         weight = self.pw.weight.flatten(1)
         self.pw.bias += weight @ self.dw.shift.flatten()

@@ -281,8 +281,9 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
     x = x.contiguous(memory_format=torch.channels_last)
     out = torch.empty_like(x, memory_format=torch.channels_last)
     kernel_size = weight.shape[-1]
-    # The kernel wants the weights tap-major, (K, K, C).
-    taps = weight.reshape(weight.shape[0], -1).t()
+    # The kernel wants the weights tap-major, (K, K, C): a view without a
+    # copy of weights stored so (FusedConvMixerBlock does).
+    taps = weight.flatten(1).t()
     in_scale, in_shift, taps, bias, out_scale = (
         None if t is None else t.float().contiguous()
         for t in (in_scale, in_shift, taps, bias, out_scale))
