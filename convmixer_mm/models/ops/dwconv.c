@@ -146,7 +146,8 @@ DW_INLINE V DW_NAME(exp_neg)(V x) {
   const V lo = (V){0} - 87;
   const VI small = x < lo;
   x = DW_NAME(select)(small, lo, x);
-  const VI n = __builtin_convertvector(x * (DW_T)1.44269504088896341 - (DW_T)0.5, VI);
+  const VI n =
+      __builtin_convertvector(x * (DW_T)1.44269504088896341 - (DW_T)0.5, VI);
   const V fn = __builtin_convertvector(n, V);
   const V r = x - fn * (DW_T)0.693359375 + fn * (DW_T)2.12194440e-4;
   V p = (V){0} + (DW_T)1.9875691500e-4;
