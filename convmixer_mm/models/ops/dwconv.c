@@ -252,6 +252,9 @@ DW_INLINE void DW_NAME(conv_pixels)(const V *const *row, long ow,
   for (int i = 0; i < NO; ++i) acc[i] = bias;
   for (int ki = k0; ki < k1; ++ki) {
     const V *r = row[ki] + ow;
+    /* One base register for the inputs at constant offsets: left alone,
+     * GCC keeps a register per input offset (ow + j), then spills. */
+    __asm__("" : "+r"(r));
 #pragma GCC unroll 16
     for (int kj = 0; kj < K; ++kj) wr[kj] = wk[ki * K + kj];
 #pragma GCC unroll 32
@@ -420,30 +423,33 @@ static void DW_NAME(block_item)(const void *p, long item) {
 #endif
 
 /* Outputs [ow, ow + NO) of row oh: out = bias + sum_{ki, kj} wk[ki, kj]
- * * xp[oh + ki, ow + kj]. */
+ * * xp[oh + ki, ow + kj], without the kernel rows outside [k0, k1). */
 DW_INLINE void DW_NAME(fwd_pixels)(const V *const *row, const V *wk,
                                    V bias, DW_T *out, const dw_args *a,
-                                   long oh, long ow, long n, const int K,
-                                   const int NO) {
+                                   long oh, long ow, long n, int k0, int k1,
+                                   const int K, const int NO) {
   V acc[NO];
-  DW_NAME(conv_pixels)(row, ow, wk, bias, 0, K, K, NO, 0, NO + K - 1, acc);
+  DW_NAME(conv_pixels)(row, ow, wk, bias, k0, k1, K, NO, 0, NO + K - 1,
+                       acc);
   DW_T *dst = out + (oh * a->W + ow) * a->C;
   for (int o = 0; o < NO; ++o) DW_NAME(store)(dst + o * a->C, acc[o], n);
 }
 
 /* The forward over one image's channel block: eight outputs at a time,
- * then one at a time. */
+ * then one at a time, skipping the kernel rows in the zero padding. */
 DW_INLINE void DW_NAME(fwd_rows)(const V *xp, const V *wk, V bias, DW_T *out,
                                  const dw_args *a, long n, long wp,
                                  const int K) {
   const V *row[K];
   for (long oh = 0; oh < a->H; ++oh) {
     for (int ki = 0; ki < K; ++ki) row[ki] = xp + (oh + ki) * wp;
+    const int k0 = oh < a->pad_top ? a->pad_top - oh : 0;
+    const int k1 = a->H + a->pad_top - oh < K ? a->H + a->pad_top - oh : K;
     long ow = 0;
     for (; ow + 8 <= a->W; ow += 8)
-      DW_NAME(fwd_pixels)(row, wk, bias, out, a, oh, ow, n, K, 8);
+      DW_NAME(fwd_pixels)(row, wk, bias, out, a, oh, ow, n, k0, k1, K, 8);
     for (; ow < a->W; ++ow)
-      DW_NAME(fwd_pixels)(row, wk, bias, out, a, oh, ow, n, K, 1);
+      DW_NAME(fwd_pixels)(row, wk, bias, out, a, oh, ow, n, k0, k1, K, 1);
   }
 }
 
