@@ -2,13 +2,14 @@
  * zero padding, output as large as the input ('same').
  *
  * Plain C with GCC vector extensions (gcc and clang), no torch headers, so
- * that it compiles in about a second; convmixer_mm/models/ops/dwconv.py
- * builds it at first use and calls it through ctypes.
+ * that it compiles in seconds; convmixer_mm/models/ops/dwconv.py builds it
+ * at first use and calls it through ctypes.
  *
  * Every task copies one block of VLEN channels of one image into a small
- * zero-padded buffer (pixel-major, one vector per pixel): the kernels then
- * run without bounds checks on L1/L2-resident, aligned data, instead of
- * striding C floats between pixels. Channels past C stay zero.
+ * zero-padded buffer (pixel-major, one vector per pixel; the inference
+ * block, a ring of rows): the kernels then run without bounds checks on
+ * L1/L2-resident, aligned data, instead of striding C floats between
+ * pixels. Channels past C stay zero.
  *
  * The source is read twice (see the end): once for float, once for double,
  * which torch.autograd.gradcheck uses.
@@ -367,11 +368,12 @@ DW_INLINE void DW_NAME(block_rows)(V *ring, const DW_NAME(blk) *k,
     const int k1 = H + P - oh < K ? H + P - oh : K;
     long ow = 0;
     for (; wide && ow + 16 <= W; ow += 16) {
-      if (W == 16)
+      const int L = ow == 0, R = ow + 16 == W;
+      if (L && R)
         DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 1, 1);
-      else if (ow == 0)
+      else if (L)
         DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 1, 0);
-      else if (ow + 16 == W)
+      else if (R)
         DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 0, 1);
       else
         DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 0, 0);
