@@ -308,15 +308,20 @@ DW_INLINE void DW_NAME(block_pack_row)(V *dst, const DW_NAME(blk) *k,
 }
 
 /* out[o + i * C] = x[i] + os * act(acc[i]) for i < no: one copy for every
- * tile shape, with its branches outside the loops. */
+ * tile shape. Meanwhile it asks for the same pixels of the next row to
+ * pack (pin) and of the next output row (pout), where not NULL: cache lines
+ * of their own, which the hardware prefetchers do not foresee; asked for
+ * one by one between the activations, they do not flood the miss queue. */
 static void DW_NAME(block_out)(const DW_NAME(blk) *k, V *acc, const V *x,
-                               long o, int no) {
+                               long o, int no, const char *pin,
+                               const char *pout) {
   const dw_args *a = k->a;
-  if (a->act == 2)
-    for (int i = 0; i < no; ++i) acc[i] = x[i] + k->os * DW_NAME(gelu)(acc[i]);
-  else
-    for (int i = 0; i < no; ++i)
-      acc[i] = x[i] + k->os * DW_NAME(act)(acc[i], 1);
+  const long stride = a->C * (a->bf16 ? 2 : sizeof(DW_T));
+  for (int i = 0; i < no; ++i) {
+    if (pin) __builtin_prefetch(pin + i * stride, 0, 3);
+    if (pout) __builtin_prefetch(pout + i * stride, 1, 3);
+    acc[i] = x[i] + k->os * DW_NAME(act)(acc[i], a->act);
+  }
   if (!a->bf16 && k->n == VLEN)
     for (int i = 0; i < no; ++i)
       DW_NAME(store)((DW_T *)a->out + o + i * a->C, acc[i], VLEN);
@@ -330,15 +335,18 @@ static void DW_NAME(block_out)(const DW_NAME(blk) *k, V *acc, const V *x,
  * the image's border, so that its first / last inputs are padding. */
 DW_INLINE void DW_NAME(block_tile)(const V *const *row,
                                    const DW_NAME(blk) *k, long oh, long ow,
-                                   int k0, int k1, const int K, const int NO,
-                                   const int L, const int R) {
+                                   long next_in, int k0, int k1, const int K,
+                                   const int NO, const int L, const int R) {
   const dw_args *a = k->a;
   const int P = (K - 1) / 2;
   V acc[NO];
   DW_NAME(conv_pixels)(row, ow, k->wk, k->bias, k0, k1, K, NO, L ? P : 0,
                        R ? NO + P : NO + K - 1, acc);
-  DW_NAME(block_out)(k, acc, row[P] + ow + P,
-                     ((k->b * a->H + oh) * a->W + ow) * a->C + k->c0, NO);
+  DW_NAME(block_out)(
+      k, acc, row[P] + ow + P,
+      ((k->b * a->H + oh) * a->W + ow) * a->C + k->c0, NO,
+      next_in < a->H ? DW_NAME(block_at)(a->in, k, k->c0, next_in, ow) : 0,
+      oh + 1 < a->H ? DW_NAME(block_at)(a->out, k, k->c0, oh + 1, ow) : 0);
 }
 
 /* The block over its image, row by row; with wide set (a kernel size
@@ -355,33 +363,24 @@ DW_INLINE void DW_NAME(block_rows)(V *ring, const DW_NAME(blk) *k,
     for (; packed < H && packed <= oh + K - 1 - P; ++packed)
       DW_NAME(block_pack_row)(ring + packed % K * wp + P, k, packed);
     for (int ki = 0; ki < K; ++ki) row[ki] = ring + (oh + ki - P + K) % K * wp;
-    /* Ask for the next row to pack and the next output row ahead of use:
-     * their pixels are lines of their own, which the hardware prefetchers
-     * do not foresee. */
-    for (long w = 0; packed < H && w < W; ++w)
-      __builtin_prefetch(DW_NAME(block_at)(a->in, k, k->c0, packed, w), 0,
-                         3);
-    for (long w = 0; oh + 1 < H && w < W; ++w)
-      __builtin_prefetch(DW_NAME(block_at)(a->out, k, k->c0, oh + 1, w), 1,
-                         3);
     const int k0 = oh < P ? P - oh : 0;
     const int k1 = H + P - oh < K ? H + P - oh : K;
     long ow = 0;
     for (; wide && ow + 16 <= W; ow += 16) {
       const int L = ow == 0, R = ow + 16 == W;
       if (L && R)
-        DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 1, 1);
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 1, 1);
       else if (L)
-        DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 1, 0);
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 1, 0);
       else if (R)
-        DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 0, 1);
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 0, 1);
       else
-        DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 16, 0, 0);
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 0, 0);
     }
     for (; wide && ow + 8 <= W; ow += 8)
-      DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 8, 0, 0);
+      DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 8, 0, 0);
     for (; ow < W; ++ow)
-      DW_NAME(block_tile)(row, k, oh, ow, k0, k1, K, 1, 0, 0);
+      DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 1, 0, 0);
   }
 }
 
