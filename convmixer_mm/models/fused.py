@@ -1,30 +1,14 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Exact inference-time fusion of ConvMixer's layers.
 
-An eval-mode ConvMixer block runs seven memory passes over its activation:
-depthwise conv, act, BN, residual add, 1x1 conv, act, BN. The fused block
-below runs four, with the same arithmetic up to float rounding:
-
-- the activation (exact GELU or ReLU) runs inside the convolution as a
-  oneDNN post-op (``torch.ops.mkldnn._convolution_pointwise``), so the
-  conv output is activated while still in cache;
-- BN in eval mode is ``x * scale + shift``; the residual branch's shift
-  moves into the bias of the following 1x1 conv (which is linear and only
-  reads the residual sum), leaving one ``addcmul`` for scale and add;
-- the block's last BN is one ``addcmul``.
-
-The BN that follows the convolution cannot be folded into the conv's
-weights because the activation sits between them; the BN after the 1x1
-conv cannot be folded into the next depthwise conv because of its zero
-padding.
-
-On CPU with channels_last input, fp32 or under bf16 autocast,
-:func:`run_fused` goes further with the C kernel ``dwconv_block`` (see
-:mod:`.ops.dwconv`): it applies the previous BN as it reads its input,
-then the depthwise conv, activation, BN scale and residual sum in one
-pass, so that a block is two passes: that kernel and the oneDNN 1x1 conv
-with its activation. In bf16 the kernel reads and writes bf16 and
-computes in fp32.
+An eval-mode block's seven memory passes (depthwise conv, act, BN,
+residual add, 1x1 conv, act, BN) become four, with the same arithmetic up
+to rounding: each act (exact GELU or ReLU) is a oneDNN post-op of its
+conv, and each BN ``x * scale + shift`` an ``addcmul``, the residual
+branch's shift moved into the next 1x1 conv's bias. On CPU with
+channels_last input, fp32 or bf16 autocast, :func:`run_fused` makes it
+two: the C kernel ``dwconv_block`` (which applies the previous BN as it
+reads its input, then the whole residual branch) and the 1x1 conv.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -63,15 +47,9 @@ def bn_affine(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
 class FusedConvActBN(nn.Module):
     """``BN(act(conv(x)))`` in eval mode as one conv and one ``addcmul``.
 
-    It holds a snapshot of the weights (buffers, not parameters): rebuild
-    it after the source modules change.
-
-    Args:
-        conv (nn.Conv2d): A convolution with integer or ``'same'`` padding
-            (which, for even kernels, pads one more pixel on the right and
-            bottom: done here by an explicit ``F.pad``).
-        act (nn.Module): The exact GELU or ReLU after it.
-        bn (nn.Module): The eval-mode BN after the activation.
+    It holds a snapshot of the weights (buffers): rebuild it after the
+    source modules change. The conv's ``'same'`` padding, one more pixel
+    right and bottom for even kernels, becomes an explicit ``F.pad``.
     """
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module, bn: nn.Module) -> None:
@@ -118,13 +96,10 @@ class FusedConvActBN(nn.Module):
         return F.gelu(y) if self.post_op[0] == 'gelu' else F.relu(y)
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight in oneDNN's blocked layout, reordered once per shape.
-
-        A plain weight is reordered on every call, a sizeable part of a
-        1x1 conv's time at small batch sizes. The cache is keyed on the
-        weight's storage and version, so ``load_state_dict`` and ``.to()``
-        invalidate it.
-        """
+        """The weight in oneDNN's blocked layout, reordered once per shape
+        (a plain one is reordered per call, costly at small batches) and
+        keyed on its storage and version, which ``.to()`` and
+        ``load_state_dict`` change."""
         key = (tuple(x.shape), x.dtype, self.weight.data_ptr(),
                self.weight._version)
         if key not in self._packed:
@@ -149,25 +124,23 @@ class FusedConvActBN(nn.Module):
 
 
 class FusedConvMixerBlock(nn.Module):
-    """One eval-mode ConvMixer block in four memory passes.
-
-    Args:
-        block (nn.Sequential): ``Sequential(Residual(Sequential(dwconv,
-            act, BN)), conv1x1, act, BN)`` of a ``ConvMixerMM``. Its drop
-            path, the identity in eval mode, is left out.
-    """
+    """One eval-mode block ``Sequential(Residual(Sequential(dwconv, act,
+    BN)), conv1x1, act, BN)`` of a ``ConvMixerMM`` in four memory passes
+    (its drop path, the identity in eval mode, left out)."""
 
     def __init__(self, block: nn.Sequential) -> None:
         super().__init__()
         residual, pwconv, act, bn = block
+        self.dw = FusedConvActBN(*residual.fn)
+        self.pw = FusedConvActBN(pwconv, act, bn)
         # The residual BN's shift reaches the 1x1 conv through the sum only,
         # so it becomes part of that conv's bias: W(x + s*h + t) + b
         # == W(x + s*h) + (W t + b).
-        self.dw = FusedConvActBN(*residual.fn)
-        self.pw = FusedConvActBN(pwconv, act, bn)
-        weight = self.pw.weight.flatten(1)
-        self.pw.bias += weight @ self.dw.shift.flatten()
+        self.pw.bias += self.pw.weight.flatten(1) @ self.dw.shift.flatten()
         self.dw.shift.zero_()
+        # Tap-major, (K, K, C), as dwconv_block reads them: no copy per call.
+        taps = self.dw.weight.permute(2, 3, 1, 0).contiguous()
+        self.dw.weight = taps.permute(3, 2, 0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dw.conv_act(x)
@@ -187,12 +160,9 @@ class FusedConvMixerBlock(nn.Module):
 def run_fused(stem: FusedConvActBN, blocks: Sequence[FusedConvMixerBlock],
               x: torch.Tensor,
               out_indices: Sequence[int]) -> Tuple[torch.Tensor, ...]:
-    """A fused backbone's forward through the C block kernel: the outputs
-    of blocks ``out_indices``. Only where :func:`block_kernel_applies`.
-
-    Each BN is applied by the next block as it reads its input, and only
-    materialised for the outputs.
-    """
+    """The outputs of blocks ``out_indices`` through the C block kernel
+    (where :func:`block_kernel_applies`): each BN is applied by the next
+    block as it reads its input, and materialised only for the outputs."""
     outs = []
     u, scale, shift = stem.conv_act(x), stem.scale, stem.shift
     for i, block in enumerate(blocks):

@@ -1,16 +1,12 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """Training-mode ``residual + BatchNorm(act(x))`` in two passes each way.
 
-Every ConvMixer convolution is followed by an activation and a BatchNorm,
-and every depthwise branch by the residual sum. In a CPU training step
-aten runs these as four ops of about eight memory passes, forward and
-backward, at a fifth of the step. :func:`act_bn` runs them with the C
-kernel of ``dwconv.c`` (``act_bn_forward`` / ``act_bn_backward``): the
-same arithmetic (batch statistics, the running-stat update of
-``nn.BatchNorm2d``, exact GELU or ReLU), in two passes each way. It keeps
-only ``x`` for the backward and recomputes ``act(x)`` (aten keeps both),
-so training takes less memory. Where the kernel does not apply it runs the
-modules themselves.
+In a CPU training step aten runs ConvMixer's act, BN and residual sum as
+four ops of about eight memory passes each way, a fifth of the step.
+:func:`act_bn` runs them in the C kernel of ``dwconv.c`` with the same
+arithmetic (batch statistics, ``nn.BatchNorm2d``'s running-stat update,
+exact GELU or ReLU) in two passes each way, and keeps only ``x`` for the
+backward, recomputing ``act(x)``. Elsewhere it calls the modules.
 """
 import ctypes
 from typing import Optional, Tuple
@@ -18,24 +14,18 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .dwconv import BLOCK_ACTS, _library, _ptr, kernel_applies
+from .dwconv import BLOCK_ACTS, _kernel, _ptr, kernel_applies
 
 
 def _rows(x: torch.Tensor) -> Tuple[ctypes.c_long, ctypes.c_long]:
     return ctypes.c_long(x.numel() // x.shape[1]), ctypes.c_long(x.shape[1])
 
 
-def _kernel(name: str, dtype: torch.dtype):
-    return getattr(_library(),
-                   f'{name}_{"f32" if dtype == torch.float32 else "f64"}')
-
-
 @torch.library.custom_op('convmixer_mm::act_bn_train', mutates_args=())
 def _forward(x: torch.Tensor, residual: Optional[torch.Tensor],
              weight: torch.Tensor, bias: torch.Tensor, eps: float,
              act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y, mean, var)`` of channels_last ``x``: ``y = residual +
-    bn(act(x))`` with the batch mean and biased variance."""
+    """``(residual + bn(act(x)), batch mean, biased batch variance)``."""
     cl = torch.channels_last
     x = x.contiguous(memory_format=cl)
     if residual is not None:
@@ -65,14 +55,12 @@ def _(x, residual, weight, bias, eps, act):
 def _backward_op(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
                  var: torch.Tensor, weight: torch.Tensor, eps: float,
                  act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of :func:`_forward`'s ``y`` for ``x``, ``weight`` and
-    ``bias``."""
+    """The gradients of :func:`_forward`'s ``y`` for x, weight and bias."""
     grad = grad.contiguous(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     weight = weight.contiguous()
     grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-    grad_w, grad_b = weight.new_empty(weight.shape), weight.new_empty(
-        weight.shape)
+    grad_w, grad_b = torch.empty_like(weight), torch.empty_like(weight)
     if _kernel('act_bn_backward', x.dtype)(
             _ptr(grad), _ptr(x), _ptr(mean), _ptr(var), _ptr(weight),
             ctypes.c_double(eps),
@@ -89,10 +77,9 @@ def _(grad, x, mean, var, weight, eps, act):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, residual, weight, _, eps, act = inputs
+    x, residual, weight, _, ctx.eps, ctx.act = inputs
     _, mean, var = output
     ctx.save_for_backward(x, mean, var, weight)
-    ctx.eps, ctx.act = eps, act
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, var)
     ctx.set_materialize_grads(False)
@@ -120,26 +107,20 @@ def _act_name(act: nn.Module) -> Optional[str]:
 
 
 def applies(x: torch.Tensor, act: nn.Module, bn: nn.Module) -> bool:
-    """Whether :func:`act_bn` runs the kernel: a training ``BatchNorm2d``
-    (affine, tracking statistics) after ``ReLU`` or exact ``GELU``, on a
-    float32 or float64 channels_last CPU tensor outside autocast, exports
-    and TorchScript, with the kernel built."""
+    """Whether :func:`act_bn` runs the kernel: a training, affine
+    ``BatchNorm2d`` tracking statistics after ``ReLU`` or exact ``GELU``,
+    on channels_last ``x`` where :func:`kernel_applies`."""
     return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine
             and bn.track_running_stats and _act_name(act) is not None
             and kernel_applies(x, bn.weight) and x.numel() > x.shape[1]
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def act_bn(x: torch.Tensor,
-           act: nn.Module,
-           bn: nn.Module,
+def act_bn(x: torch.Tensor, act: nn.Module, bn: nn.Module,
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``residual + bn(act(x))``, the modules' own result and side effects
-    (running statistics, ``num_batches_tracked``) to float rounding.
-
-    Where :func:`applies` is false this calls the modules. Where it is
-    true, their forward hooks are not called.
-    """
+    """``residual + bn(act(x))``, with the modules' side effects (running
+    statistics, ``num_batches_tracked``) but, where :func:`applies`, not
+    their forward hooks."""
     if not applies(x, act, bn) or (residual is not None
                                    and residual.shape != x.shape):
         y = bn(act(x))

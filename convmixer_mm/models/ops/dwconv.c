@@ -2,13 +2,14 @@
  * zero padding, output as large as the input ('same').
  *
  * Plain C with GCC vector extensions (gcc and clang), no torch headers, so
- * that it compiles in about a second; convmixer_mm/models/ops/dwconv.py
- * builds it at first use and calls it through ctypes.
+ * that it compiles in seconds; convmixer_mm/models/ops/dwconv.py builds it
+ * at first use and calls it through ctypes.
  *
  * Every task copies one block of VLEN channels of one image into a small
- * zero-padded buffer (pixel-major, one vector per pixel): the kernels then
- * run without bounds checks on L1/L2-resident, aligned data, instead of
- * striding C floats between pixels. Channels past C stay zero.
+ * zero-padded buffer (pixel-major, one vector per pixel; the inference
+ * block, a ring of rows): the kernels then run without bounds checks on
+ * L1/L2-resident, aligned data, instead of striding C floats between
+ * pixels. Channels past C stay zero.
  *
  * The source is read twice (see the end): once for float, once for double,
  * which torch.autograd.gradcheck uses.
@@ -88,10 +89,12 @@ typedef struct {
 #define DW_T float
 #define DW_I int
 #define DW_NAME(name) name##_f32
+#define DW_BLOCK /* the inference block kernel: float only */
 #include __FILE__
 #undef DW_T
 #undef DW_I
 #undef DW_NAME
+#undef DW_BLOCK
 #define DW_T double
 #define DW_I long long
 #define DW_NAME(name) name##_f64
@@ -144,7 +147,8 @@ DW_INLINE V DW_NAME(exp_neg)(V x) {
   const V lo = (V){0} - 87;
   const VI small = x < lo;
   x = DW_NAME(select)(small, lo, x);
-  const VI n = __builtin_convertvector(x * (DW_T)1.44269504088896341 - (DW_T)0.5, VI);
+  const VI n =
+      __builtin_convertvector(x * (DW_T)1.44269504088896341 - (DW_T)0.5, VI);
   const V fn = __builtin_convertvector(n, V);
   const V r = x - fn * (DW_T)0.693359375 + fn * (DW_T)2.12194440e-4;
   V p = (V){0} + (DW_T)1.9875691500e-4;
@@ -210,64 +214,52 @@ DW_INLINE DW_NAME(bf16vec) DW_NAME(to_bf16)(V v) {
 
 /* Channels [0, n) of the pixel at element i of p, DW_T or bfloat16: a full
  * block is one vector access, not a call to libc's memcpy. */
-DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n,
-                                const int bf16) {
-  if (bf16) {
-    DW_NAME(bf16vec) h = {0};
-    memcpy(&h, (const unsigned short *)p + i,
-           (n == VLEN ? VLEN : n) * sizeof(short));
-    return DW_NAME(from_bf16)(h);
-  }
-  return DW_NAME(load)((const DW_T *)p + i, n);
+DW_INLINE V DW_NAME(block_load)(const void *p, long i, long n, int bf16) {
+  if (!bf16) return DW_NAME(load)((const DW_T *)p + i, n);
+  DW_NAME(bf16vec) h = {0};
+  if (n == VLEN)
+    memcpy(&h, (const unsigned short *)p + i, sizeof(h));
+  else
+    memcpy(&h, (const unsigned short *)p + i, n * sizeof(short));
+  return DW_NAME(from_bf16)(h);
 }
 
 DW_INLINE void DW_NAME(block_store)(void *p, long i, V v, long n,
-                                    const int bf16) {
-  if (bf16) {
-    const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
-    memcpy((unsigned short *)p + i, &h,
-           (n == VLEN ? VLEN : n) * sizeof(short));
-  } else {
-    DW_NAME(store)((DW_T *)p + i, v, n);
-  }
+                                    int bf16) {
+  if (!bf16) return DW_NAME(store)((DW_T *)p + i, v, n);
+  const DW_NAME(bf16vec) h = DW_NAME(to_bf16)(v);
+  if (n == VLEN)
+    memcpy((unsigned short *)p + i, &h, sizeof(h));
+  else
+    memcpy((unsigned short *)p + i, &h, n * sizeof(short));
 }
 
-/* Fills xp, a (H + K - 1, wp) grid of vectors, with channels [c0, c0 + n)
- * of image b mapped by in * s + t, inside a zero border. */
-DW_INLINE void DW_NAME(block_pack)(V *xp, const dw_args *a, long b,
-                                   long c0, long n, long wp, V s, V t,
-                                   const int bf16) {
-  const long H = a->H, W = a->W, C = a->C, hp = H + a->K - 1;
-  const long left = a->pad_left, right = wp - W - left;
-  memset(xp, 0, a->pad_top * wp * sizeof(V));
-  memset(xp + (a->pad_top + H) * wp, 0,
-         (hp - a->pad_top - H) * wp * sizeof(V));
-  for (long h = 0; h < H; ++h) {
-    V *row = xp + (h + a->pad_top) * wp;
-    memset(row, 0, left * sizeof(V));
-    memset(row + left + W, 0, right * sizeof(V));
-    for (long w = 0; w < W; ++w)
-      row[left + w] = DW_NAME(block_load)(
-          a->in, ((b * H + h) * W + w) * C + c0, n, bf16) * s + t;
-  }
+/* act(x), 1 = ReLU, 2 = exact GELU. */
+DW_INLINE V DW_NAME(act)(V x, int act) {
+  return act == 2 ? DW_NAME(gelu)(x) : DW_NAME(select)(x > 0, x, (V){0});
 }
 
-/* acc[i] = bias + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + i + kj] for
- * i < NO. A kernel row's weights stay in registers, and each input vector
- * is loaded once per kernel row for the up to K accumulators it feeds (not
- * once per tap). */
-DW_INLINE void DW_NAME(conv_pixels)(const V *xp, const V *wk, V bias,
-                                    long oh, long ow, long wp, const int K,
-                                    const int NO, V *acc) {
+/* acc[i] = bias + sum_{k0 <= ki < k1, kj} wk[ki, kj] * row[ki][ow + i + kj]
+ * for i < NO, the rows outside [k0, k1) and the inputs j = i + kj outside
+ * [jlo, jhi) being known zeros (padding) and skipped. A kernel row's
+ * weights stay in registers, and each input vector is loaded once per
+ * kernel row for the up to K accumulators it feeds (not once per tap). */
+DW_INLINE void DW_NAME(conv_pixels)(const V *const *row, long ow,
+                                    const V *wk, V bias, int k0, int k1,
+                                    const int K, const int NO, const int jlo,
+                                    const int jhi, V *acc) {
   V wr[K];
 #pragma GCC unroll 16
   for (int i = 0; i < NO; ++i) acc[i] = bias;
-  for (int ki = 0; ki < K; ++ki) {
-    const V *r = xp + (oh + ki) * wp + ow;
+  for (int ki = k0; ki < k1; ++ki) {
+    const V *r = row[ki] + ow;
+    /* One base register for the inputs at constant offsets: left alone,
+     * GCC keeps a register per input offset (ow + j), then spills. */
+    __asm__("" : "+r"(r));
 #pragma GCC unroll 16
     for (int kj = 0; kj < K; ++kj) wr[kj] = wk[ki * K + kj];
 #pragma GCC unroll 32
-    for (int j = 0; j < NO + K - 1; ++j) {
+    for (int j = jlo; j < jhi; ++j) {
       const V x = r[j];
 #pragma GCC unroll 16
       for (int i = 0; i < NO; ++i)
@@ -276,117 +268,189 @@ DW_INLINE void DW_NAME(conv_pixels)(const V *xp, const V *wk, V bias,
   }
 }
 
-/* Output pixels [ow, ow + NO) of row oh of the block: y = x + os * act(bias
- * + sum_{ki, kj} wk[ki, kj] * xp[oh + ki, ow + kj]), stored at element o
- * of out onwards. */
-DW_INLINE void DW_NAME(block_pixels)(const V *xp, const V *wk, V bias, V os,
-                                     long o, const dw_args *a, long oh,
-                                     long ow, long n, long wp, const int K,
-                                     const int NO, const int bf16) {
-  V acc[NO];
-  DW_NAME(conv_pixels)(xp, wk, bias, oh, ow, wp, K, NO, acc);
-  const V *x = xp + (oh + a->pad_top) * wp + ow + a->pad_left;
-  for (int i = 0; i < NO; ++i) {
-    const V h = a->act == 2 ? DW_NAME(gelu)(acc[i])
-                            : DW_NAME(select)(acc[i] > 0, acc[i], (V){0});
-    DW_NAME(block_store)(a->out, o + i * a->C, x[i] + os * h, n, bf16);
-  }
+#ifdef DW_BLOCK
+/* The inference block over one image's channel block [c0, c0 + n). Its
+ * input, mapped by in * s + t, is packed one row at a time, as the output
+ * rows need it, into a ring of K rows of W + K - 1 vectors (the pixels
+ * between zero borders): L1-resident, aligned, without bounds checks,
+ * instead of C floats apart. The kernel rows and columns that fall in the
+ * zero padding are skipped. */
+typedef struct {
+  const dw_args *a;
+  const V *wk;
+  V bias, os, s, t;
+  long b, c0, n;
+  int next; /* a next channel block follows in this task */
+} DW_NAME(blk);
+
+/* The address of pixel (h, w) of the block in p (in or out). */
+DW_INLINE const char *DW_NAME(block_at)(const void *p,
+                                        const DW_NAME(blk) *k, long c0,
+                                        long h, long w) {
+  const dw_args *a = k->a;
+  return (const char *)p + (((k->b * a->H + h) * a->W + w) * a->C + c0) *
+                               (a->bf16 ? 2 : sizeof(DW_T));
 }
 
-/* The whole block over one image's channel block, eight outputs at a
- * time, then one at a time; o is its first output element. With prefetch
- * set, each row also asks for the same row of the next channel block's
- * input, so that packing that block reads from L2 rather than waiting on
- * one lone cache line per pixel. */
-DW_INLINE void DW_NAME(block_rows)(const V *xp, const V *wk, V bias, V os,
-                                   long o, const dw_args *a, long n,
-                                   long wp, const int K, int prefetch,
-                                   const int bf16) {
-  const long size = bf16 ? 2 : sizeof(DW_T);
-  for (long oh = 0; oh < a->H; ++oh) {
+/* Image row h of the block into dst. With next set, asks for the same row
+ * of the next channel block too, so that packing that block reads from L2
+ * rather than waiting on one lone cache line per pixel. */
+DW_INLINE void DW_NAME(block_pack_row)(V *dst, const DW_NAME(blk) *k,
+                                       long h) {
+  const dw_args *a = k->a;
+  const long i0 = (k->b * a->H + h) * a->W * a->C + k->c0;
+  for (long w = 0; w < a->W; ++w)
+    dst[w] = DW_NAME(block_load)(a->in, i0 + w * a->C, k->n, a->bf16) *
+                 k->s + k->t;
+  for (long w = 0; k->next && w < a->W; ++w)
+    __builtin_prefetch(DW_NAME(block_at)(a->in, k, k->c0 + VLEN, h, w), 0,
+                       2);
+}
+
+/* out[o + i * C] = x[i] + os * act(acc[i]) for i < no: one copy for every
+ * tile shape. Meanwhile it asks for the same pixels of the next row to
+ * pack (pin) and of the next output row (pout), where not NULL: cache lines
+ * of their own, which the hardware prefetchers do not foresee; asked for
+ * one by one between the activations, they do not flood the miss queue. */
+static void DW_NAME(block_out)(const DW_NAME(blk) *k, V *acc, const V *x,
+                               long o, int no, const char *pin,
+                               const char *pout) {
+  const dw_args *a = k->a;
+  const long stride = a->C * (a->bf16 ? 2 : sizeof(DW_T));
+  for (int i = 0; i < no; ++i) {
+    if (pin) __builtin_prefetch(pin + i * stride, 0, 3);
+    if (pout) __builtin_prefetch(pout + i * stride, 1, 3);
+    acc[i] = x[i] + k->os * DW_NAME(act)(acc[i], a->act);
+  }
+  if (!a->bf16 && k->n == VLEN)
+    for (int i = 0; i < no; ++i)
+      DW_NAME(store)((DW_T *)a->out + o + i * a->C, acc[i], VLEN);
+  else
+    for (int i = 0; i < no; ++i)
+      DW_NAME(block_store)(a->out, o + i * a->C, acc[i], k->n, a->bf16);
+}
+
+/* Outputs [ow, ow + NO) of row oh: x + os * act(bias + conv(x)), x the
+ * mapped input (the ring's centre row). L / R: the tile starts / ends at
+ * the image's border, so that its first / last inputs are padding. */
+DW_INLINE void DW_NAME(block_tile)(const V *const *row,
+                                   const DW_NAME(blk) *k, long oh, long ow,
+                                   long next_in, int k0, int k1, const int K,
+                                   const int NO, const int L, const int R) {
+  const dw_args *a = k->a;
+  const int P = (K - 1) / 2;
+  V acc[NO];
+  DW_NAME(conv_pixels)(row, ow, k->wk, k->bias, k0, k1, K, NO, L ? P : 0,
+                       R ? NO + P : NO + K - 1, acc);
+  DW_NAME(block_out)(
+      k, acc, row[P] + ow + P,
+      ((k->b * a->H + oh) * a->W + ow) * a->C + k->c0, NO,
+      next_in < a->H ? DW_NAME(block_at)(a->in, k, k->c0, next_in, ow) : 0,
+      oh + 1 < a->H ? DW_NAME(block_at)(a->out, k, k->c0, oh + 1, ow) : 0);
+}
+
+/* The block over its image, row by row; with wide set (a kernel size
+ * known at compile time), 16 or 8 outputs at a time, else one. */
+DW_INLINE void DW_NAME(block_rows)(V *ring, const DW_NAME(blk) *k,
+                                   const int K, const int wide) {
+  const dw_args *a = k->a;
+  const int P = (K - 1) / 2;
+  const long H = a->H, W = a->W, wp = W + K - 1;
+  const V *row[K];
+  long packed = 0;
+  for (long oh = 0; oh < H; ++oh) {
+    /* Image row ih lives in slot ih % K of the ring. */
+    for (; packed < H && packed <= oh + K - 1 - P; ++packed)
+      DW_NAME(block_pack_row)(ring + packed % K * wp + P, k, packed);
+    for (int ki = 0; ki < K; ++ki) row[ki] = ring + (oh + ki - P + K) % K * wp;
+    const int k0 = oh < P ? P - oh : 0;
+    const int k1 = H + P - oh < K ? H + P - oh : K;
     long ow = 0;
-    for (; ow + 8 <= a->W; ow += 8)
-      DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
-                            a, oh, ow, n, wp, K, 8, bf16);
-    for (; ow < a->W; ++ow)
-      DW_NAME(block_pixels)(xp, wk, bias, os, o + (oh * a->W + ow) * a->C,
-                            a, oh, ow, n, wp, K, 1, bf16);
-    for (long w = 0; prefetch && w < a->W; ++w)
-      __builtin_prefetch((const char *)a->in +
-                             (o + VLEN + (oh * a->W + w) * a->C) * size,
-                         0, 2);
+    for (; wide && ow + 16 <= W; ow += 16) {
+      const int L = ow == 0, R = ow + 16 == W;
+      if (L && R)
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 1, 1);
+      else if (L)
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 1, 0);
+      else if (R)
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 0, 1);
+      else
+        DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 16, 0, 0);
+    }
+    for (; wide && ow + 8 <= W; ow += 8)
+      DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 8, 0, 0);
+    for (; ow < W; ++ow)
+      DW_NAME(block_tile)(row, k, oh, ow, packed, k0, k1, K, 1, 0, 0);
   }
 }
 
 /* One image, a->group channel blocks (fewer at the end) of the inference
  * block, one after the other. */
-DW_INLINE void DW_NAME(block_task)(const void *p, long item, const int bf16) {
+static void DW_NAME(block_item)(const void *p, long item) {
   const dw_args *a = p;
   const long nblk = (a->C + VLEN - 1) / VLEN;
   const long ngroup = (nblk + a->group - 1) / a->group;
   const long b = item / ngroup, blk0 = item % ngroup * a->group;
   const long nb = nblk - blk0 < a->group ? nblk - blk0 : a->group;
   const int K = a->K;
-  const long hp = a->H + K - 1, wp = a->W + K - 1;
-  V *xp = aligned_alloc(64, hp * wp * sizeof(V));
-  if (!xp) abort();
+  const long ring_size = K * (a->W + K - 1) * sizeof(V);
+  V *ring = aligned_alloc(64, ring_size);
+  if (!ring) abort();
+  memset(ring, 0, ring_size);
   for (long blk = blk0; blk < blk0 + nb; ++blk) {
     const long c0 = blk * VLEN;
     const long n = a->C - c0 < VLEN ? a->C - c0 : VLEN;
-    V wk[K * K], bias = {0}, os = {0}, s = {0}, t = {0};
-    for (int k = 0; k < K * K; ++k)
-      wk[k] = DW_NAME(block_load)(a->w, k * a->C + c0, n, 0);
+    V wk[K * K];
+    DW_NAME(blk) k = {a, wk, {0}, {0}, {0}, {0}, b, c0, n,
+                      blk + 1 < blk0 + nb};
+    for (int i = 0; i < K * K; ++i)
+      wk[i] = DW_NAME(block_load)(a->w, i * a->C + c0, n, 0);
     for (long l = 0; l < n; ++l) {
-      bias[l] = ((const DW_T *)a->bias)[c0 + l];
-      os[l] = ((const DW_T *)a->out_scale)[c0 + l];
-      s[l] = a->in_scale ? ((const DW_T *)a->in_scale)[c0 + l] : 1;
-      if (a->in_shift) t[l] = ((const DW_T *)a->in_shift)[c0 + l];
+      k.bias[l] = ((const DW_T *)a->bias)[c0 + l];
+      k.os[l] = ((const DW_T *)a->out_scale)[c0 + l];
+      k.s[l] = a->in_scale ? ((const DW_T *)a->in_scale)[c0 + l] : 1;
+      if (a->in_shift) k.t[l] = ((const DW_T *)a->in_shift)[c0 + l];
     }
-    DW_NAME(block_pack)(xp, a, b, c0, n, wp, s, t, bf16);
-    const long o = b * a->H * a->W * a->C + c0;
-    const int more = blk + 1 < blk0 + nb;
     switch (K) {
-      case 3: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 3, more, bf16); break;
-      case 5: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 5, more, bf16); break;
-      case 7: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 7, more, bf16); break;
-      case 9: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, 9, more, bf16); break;
-      default: DW_NAME(block_rows)(xp, wk, bias, os, o, a, n, wp, K, more, bf16);
+      case 3: DW_NAME(block_rows)(ring, &k, 3, 1); break;
+      case 5: DW_NAME(block_rows)(ring, &k, 5, 1); break;
+      case 7: DW_NAME(block_rows)(ring, &k, 7, 1); break;
+      case 9: DW_NAME(block_rows)(ring, &k, 9, 1); break;
+      default: DW_NAME(block_rows)(ring, &k, K, 0);
     }
   }
-  free(xp);
+  free(ring);
 }
-
-static void DW_NAME(block_item)(const void *p, long item) {
-  DW_NAME(block_task)(p, item, 0);
-}
-
-static void DW_NAME(block_item_bf16)(const void *p, long item) {
-  DW_NAME(block_task)(p, item, 1);
-}
+#endif
 
 /* Outputs [ow, ow + NO) of row oh: out = bias + sum_{ki, kj} wk[ki, kj]
- * * xp[oh + ki, ow + kj]. */
-DW_INLINE void DW_NAME(fwd_pixels)(const V *xp, const V *wk, V bias,
-                                   DW_T *out, const dw_args *a, long oh,
-                                   long ow, long n, long wp, const int K,
-                                   const int NO) {
+ * * xp[oh + ki, ow + kj], without the kernel rows outside [k0, k1). */
+DW_INLINE void DW_NAME(fwd_pixels)(const V *const *row, const V *wk,
+                                   V bias, DW_T *out, const dw_args *a,
+                                   long oh, long ow, long n, int k0, int k1,
+                                   const int K, const int NO) {
   V acc[NO];
-  DW_NAME(conv_pixels)(xp, wk, bias, oh, ow, wp, K, NO, acc);
+  DW_NAME(conv_pixels)(row, ow, wk, bias, k0, k1, K, NO, 0, NO + K - 1,
+                       acc);
   DW_T *dst = out + (oh * a->W + ow) * a->C;
   for (int o = 0; o < NO; ++o) DW_NAME(store)(dst + o * a->C, acc[o], n);
 }
 
 /* The forward over one image's channel block: eight outputs at a time,
- * then one at a time. */
+ * then one at a time, skipping the kernel rows in the zero padding. */
 DW_INLINE void DW_NAME(fwd_rows)(const V *xp, const V *wk, V bias, DW_T *out,
                                  const dw_args *a, long n, long wp,
                                  const int K) {
+  const V *row[K];
   for (long oh = 0; oh < a->H; ++oh) {
+    for (int ki = 0; ki < K; ++ki) row[ki] = xp + (oh + ki) * wp;
+    const int k0 = oh < a->pad_top ? a->pad_top - oh : 0;
+    const int k1 = a->H + a->pad_top - oh < K ? a->H + a->pad_top - oh : K;
     long ow = 0;
     for (; ow + 8 <= a->W; ow += 8)
-      DW_NAME(fwd_pixels)(xp, wk, bias, out, a, oh, ow, n, wp, K, 8);
+      DW_NAME(fwd_pixels)(row, wk, bias, out, a, oh, ow, n, k0, k1, K, 8);
     for (; ow < a->W; ++ow)
-      DW_NAME(fwd_pixels)(xp, wk, bias, out, a, oh, ow, n, wp, K, 1);
+      DW_NAME(fwd_pixels)(row, wk, bias, out, a, oh, ow, n, k0, k1, K, 1);
   }
 }
 
@@ -487,17 +551,18 @@ void DW_NAME(dwconv_forward)(const DW_T *in, const DW_T *w, const DW_T *bias,
                   nthreads);
 }
 
+#ifdef DW_BLOCK
 /* One eval-mode ConvMixer residual branch and its sum, with the previous
  * BN applied on the way in: x = in * in_scale + in_shift (in_scale NULL:
- * x = in), out = x + out_scale * act(conv(x, w) + bias). in and out are
- * DW_T, or bfloat16 if bf16 (computed in DW_T). w is tap-major, (K, K, C),
- * so that a tap's weights for a channel block are one vector load. */
+ * x = in), out = x + out_scale * act(conv(x, w) + bias), zero padding
+ * (K - 1) / 2 on the top and left, the rest after. in and out are DW_T,
+ * or bfloat16 if bf16 (computed in DW_T). w is tap-major, (K, K, C), so
+ * that a tap's weights for a channel block are one vector load. */
 void DW_NAME(dwconv_block)(const void *in, const DW_T *in_scale,
                            const DW_T *in_shift, const DW_T *w,
                            const DW_T *bias, const DW_T *out_scale, int act,
                            void *out, long B, long H, long W, long C, int K,
-                           int pad_top, int pad_left, int bf16,
-                           int nthreads) {
+                           int bf16, int nthreads) {
   /* Up to four channel blocks per task, while there are four tasks per
    * thread. */
   const long nblk = (C + VLEN - 1) / VLEN;
@@ -506,11 +571,12 @@ void DW_NAME(dwconv_block)(const void *in, const DW_T *in_scale,
     group /= 2;
   const dw_args a = {in,       w,         bias,      NULL, out,
                      B,        H,         W,         C,    K,
-                     pad_top,  pad_left,  in_scale,  in_shift,
+                     0,        0,         in_scale,  in_shift,
                      out_scale, act,      bf16,      group};
-  dw_parallel_for(bf16 ? DW_NAME(block_item_bf16) : DW_NAME(block_item), &a,
-                  B * ((nblk + group - 1) / group), nthreads);
+  dw_parallel_for(DW_NAME(block_item), &a, B * ((nblk + group - 1) / group),
+                  nthreads);
 }
+#endif
 
 /* gw[c, ki, kj] = sum_{b, oh, ow} go[b, oh, ow, c]
  *                 * in[b, oh + ki - pad_top, ow + kj - pad_left, c]. */
@@ -545,11 +611,6 @@ typedef struct {
   long N, C, rows;
   int act;
 } DW_NAME(ab_args);
-
-/* act(x), 1 = ReLU, 2 = exact GELU. */
-DW_INLINE V DW_NAME(act)(V x, int act) {
-  return act == 2 ? DW_NAME(gelu)(x) : DW_NAME(select)(x > 0, x, (V){0});
-}
 
 /* act(x) and act'(x) together; GELU's is Phi(x) + x * phi(x). */
 DW_INLINE V DW_NAME(act_and_grad)(V x, int act, V *grad) {

@@ -1,22 +1,14 @@
 # Copyright (c) convmixer_mm contributors. All rights reserved.
 """A depthwise ``'same'`` convolution with a fast backward on CPU.
 
-aten's CPU depthwise convolution spends most of a ConvMixer training step
-in its weight gradient. Here the forward, the input gradient (the forward
-convolution of the output gradient with the kernel rotated by 180 degrees,
-padded on the opposite sides) and the weight gradient run in the small C
-kernel ``dwconv.c``, over channels_last data, in float32 and float64.
-
-The kernel is compiled at first use with the system C compiler (``$CC``,
-else ``cc``), about a second, and cached in ``$CONVMIXER_MM_KERNEL_DIR``
-(default ``~/.cache/convmixer_mm/kernels``) under a name keyed by the
-source, the flags and the CPU, so processes and machines sharing the
-directory never load a stale or foreign build. Where there is no kernel
-(no compiler, not on CPU, other dtypes, autocast, ONNX export or
-TorchScript) :class:`DepthwiseConv2d` is a plain ``nn.Conv2d``.
-
-The ops are registered with ``torch.library``, so ``torch.compile`` keeps
-them as opaque calls.
+aten's CPU depthwise conv spends most of a ConvMixer training step in its
+weight gradient. Here the forward, the input gradient (the forward conv of
+the output gradient with the kernel rotated by 180 degrees), the weight
+gradient and the inference block run in the C kernel ``dwconv.c``, built
+at first use with ``$CC`` (else ``cc``) and cached in :func:`kernel_dir`
+under a name keyed by the source, flags and CPU. Without it (no compiler,
+not on CPU, other dtypes, autocast, exports) :class:`DepthwiseConv2d` is
+a plain ``nn.Conv2d``. ``torch.compile`` keeps the ops opaque.
 """
 import ctypes
 import functools
@@ -39,10 +31,8 @@ from torch.utils.flop_counter import register_flop_formula
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'dwconv.c')
 CFLAGS = ('-O3', '-march=native', '-fno-math-errno', '-shared', '-fPIC',
           '-pthread')
-_FUNCTIONS = {
-    torch.float32: ('dwconv_forward_f32', 'dwconv_grad_weight_f32'),
-    torch.float64: ('dwconv_forward_f64', 'dwconv_grad_weight_f64'),
-}
+#: The kernels' name suffixes, by the dtypes they run in.
+_SUFFIXES = {torch.float32: 'f32', torch.float64: 'f64'}
 
 
 def kernel_dir() -> str:
@@ -65,10 +55,9 @@ def _cpu_id() -> str:
 
 
 def _flag_sets() -> Tuple[Tuple[str, ...], ...]:
-    """The flags to try, best first. Where torch runs on OpenMP, the kernels
-    built with ``-fopenmp`` share its threads (the process loads one
-    ``libgomp.so.1``): a training step is about 1.1x faster than with
-    threads of their own, which contend with torch's spinning ones."""
+    """The flags to try, best first: with ``-fopenmp`` the kernels share
+    torch's OpenMP threads (one ``libgomp.so.1``), about 1.1x faster a
+    training step than threads of their own contending with torch's."""
     if 'backend: OpenMP' in torch.__config__.parallel_info():
         return (*CFLAGS, '-fopenmp'), CFLAGS
     return CFLAGS,
@@ -76,22 +65,19 @@ def _flag_sets() -> Tuple[Tuple[str, ...], ...]:
 
 def _build(compiler: str, path: str,
            flag_sets: Tuple[Tuple[str, ...], ...]) -> None:
-    """Compile with the first flags that work (e.g. a compiler may lack
-    OpenMP) to a private file and rename it into place, atomically."""
+    """Compile with the first flags that work (a compiler may lack
+    OpenMP) to a private file, then rename it into place."""
     fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=osp.dirname(path))
     os.close(fd)
     try:
-        for i, flags in enumerate(flag_sets):
-            try:
-                subprocess.run([compiler, *flags, SOURCE, '-o', tmp],
-                               check=True,
-                               capture_output=True,
-                               text=True,
-                               timeout=300)
+        for i, flags in enumerate(flag_sets, 1):
+            # Only the last set's failure raises.
+            if not subprocess.run([compiler, *flags, SOURCE, '-o', tmp],
+                                  check=i == len(flag_sets),
+                                  capture_output=True,
+                                  text=True,
+                                  timeout=300).returncode:
                 break
-            except subprocess.CalledProcessError:
-                if i == len(flag_sets) - 1:
-                    raise
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
@@ -127,8 +113,7 @@ def _library() -> Optional[ctypes.CDLL]:
             f'{detail}: using torch\'s depthwise conv, whose CPU backward '
             'is several times slower; install a C compiler (e.g. gcc) or '
             'set $CC to get the fast kernel.',
-            logger='current',
-            level=logging.WARNING)
+            logger='current', level=logging.WARNING)
         return None
 
 
@@ -136,6 +121,11 @@ def _library() -> Optional[ctypes.CDLL]:
 def kernel_available() -> bool:
     """Whether the C kernel is built (compiles it at the first call)."""
     return _library() is not None
+
+
+def _kernel(name: str, dtype: torch.dtype):
+    """The C function ``name`` for ``dtype``."""
+    return getattr(_library(), f'{name}_{_SUFFIXES[dtype]}')
 
 
 def _dims(x: torch.Tensor) -> Tuple[ctypes.c_long, ...]:
@@ -150,18 +140,16 @@ def _ptr(t: Optional[torch.Tensor]) -> ctypes.c_void_p:
 @torch.library.custom_op('convmixer_mm::dwconv_nhwc', mutates_args=())
 def _conv(x: torch.Tensor, weight: torch.Tensor,
           bias: Optional[torch.Tensor], pad: int) -> torch.Tensor:
-    """Depthwise conv of channels_last ``x``, ``pad`` on top and left.
-
-    The output has the input's size: the bottom and right get the rest.
-    """
+    """Depthwise conv of ``x``, padded ``pad`` on top and left and the rest
+    after, so that the output has the input's size."""
     # Compiled graphs may hand over other strides than eager's.
     x = x.contiguous(memory_format=torch.channels_last)
     weight = weight.contiguous()
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    fn = getattr(_library(), _FUNCTIONS[x.dtype][0])
-    fn(_ptr(x), _ptr(weight), _ptr(bias), _ptr(out), *_dims(x),
-       ctypes.c_int(weight.shape[-1]), ctypes.c_int(pad), ctypes.c_int(pad),
-       ctypes.c_int(torch.get_num_threads()))
+    _kernel('dwconv_forward', x.dtype)(
+        _ptr(x), _ptr(weight), _ptr(bias), _ptr(out), *_dims(x),
+        ctypes.c_int(weight.shape[-1]), ctypes.c_int(pad), ctypes.c_int(pad),
+        ctypes.c_int(torch.get_num_threads()))
     return out
 
 
@@ -178,10 +166,10 @@ def _grad_weight(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int,
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     grad = x.new_empty(x.shape[1], 1, kernel_size, kernel_size)
-    fn = getattr(_library(), _FUNCTIONS[x.dtype][1])
-    fn(_ptr(grad_out), _ptr(x), _ptr(grad), *_dims(x),
-       ctypes.c_int(kernel_size), ctypes.c_int(pad), ctypes.c_int(pad),
-       ctypes.c_int(torch.get_num_threads()))
+    _kernel('dwconv_grad_weight', x.dtype)(
+        _ptr(grad_out), _ptr(x), _ptr(grad), *_dims(x),
+        ctypes.c_int(kernel_size), ctypes.c_int(pad), ctypes.c_int(pad),
+        ctypes.c_int(torch.get_num_threads()))
     return grad
 
 
@@ -191,9 +179,8 @@ def _(grad_out, x, kernel_size, pad):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, _, pad = inputs
+    x, weight, _, ctx.pad = inputs
     ctx.save_for_backward(x, weight)
-    ctx.pad = pad
 
 
 def _backward(ctx, grad):
@@ -232,11 +219,10 @@ def _grad_weight_flops(grad_shape, x_shape, kernel_size, *args,
 
 
 def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the C training kernels run on ``x`` with ``weight``: a
-    float32 or float64 4-D CPU tensor of the weight's dtype, outside
-    autocast, exports and TorchScript, with the kernel built."""
+    """Whether the C training kernels run: 4-D float32 or float64 CPU
+    ``x`` of the weight's dtype, outside autocast and exports."""
     return (x.device.type == 'cpu' and x.dim() == 4
-            and x.dtype in _FUNCTIONS and weight.dtype == x.dtype
+            and x.dtype in _SUFFIXES and weight.dtype == x.dtype
             and not torch.is_autocast_enabled('cpu')
             and not torch.jit.is_scripting() and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export() and kernel_available())
@@ -249,13 +235,11 @@ BLOCK_ACTS = {'relu': 1, 'gelu': 2}
 def block_kernel_applies(x: torch.Tensor) -> bool:
     """Whether :func:`dwconv_block` runs on ``x``: channels_last CPU input,
     fp32 outside autocast or bf16 autocast, with the kernel built."""
-    if torch.is_autocast_enabled('cpu'):
-        dtype = torch.get_autocast_dtype('cpu')
-    else:
-        dtype = x.dtype
-    return (x.device.type == 'cpu' and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16)
-            and dtype in (torch.float32, torch.bfloat16)
+    dtype = torch.get_autocast_dtype('cpu') \
+        if torch.is_autocast_enabled('cpu') else x.dtype
+    floats = (torch.float32, torch.bfloat16)
+    return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype in floats
+            and dtype in floats
             and x.is_contiguous(memory_format=torch.channels_last)
             and kernel_available())
 
@@ -267,31 +251,25 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
                  act: str) -> torch.Tensor:
     """An eval-mode ConvMixer residual branch and its sum, in one pass.
 
-    With ``x' = x * in_scale + in_shift`` per channel (the BN of the layer
-    before, skipped when ``in_scale`` is None), returns
-    ``x' + out_scale * act(conv(x', weight) + bias)``, the convolution
-    depthwise with ``'same'`` zero padding. ``x`` is fp32 or bf16, and so
-    is the result; it is computed in fp32. Inference only (no autograd);
-    see :func:`block_kernel_applies`. An op of its own, so that profiles
-    show it.
-
-    Args:
-        act (str): ``'relu'`` or ``'gelu'`` (exact).
+    With ``x' = x * in_scale + in_shift`` per channel (the previous BN;
+    none if ``in_scale`` is None), returns ``x' + out_scale * act(conv(x',
+    weight) + bias)``, the depthwise conv zero-padded ``'same'``, ``act``
+    ``'relu'`` or ``'gelu'`` (exact). fp32 or bf16 in and out, computed in
+    fp32; inference only (see :func:`block_kernel_applies`).
     """
     x = x.contiguous(memory_format=torch.channels_last)
     out = torch.empty_like(x, memory_format=torch.channels_last)
     kernel_size = weight.shape[-1]
-    # The kernel wants the weights tap-major, (K, K, C).
-    taps = weight.reshape(weight.shape[0], -1).t()
+    # The kernel wants the weights tap-major, (K, K, C): a view without a
+    # copy of weights stored so (FusedConvMixerBlock does).
+    taps = weight.flatten(1).t()
     in_scale, in_shift, taps, bias, out_scale = (
         None if t is None else t.float().contiguous()
         for t in (in_scale, in_shift, taps, bias, out_scale))
-    pad = ctypes.c_int((kernel_size - 1) // 2)
     _library().dwconv_block_f32(
         _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(taps), _ptr(bias),
         _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(out), *_dims(x),
-        ctypes.c_int(kernel_size), pad, pad,
-        ctypes.c_int(x.dtype == torch.bfloat16),
+        ctypes.c_int(kernel_size), ctypes.c_int(x.dtype == torch.bfloat16),
         ctypes.c_int(torch.get_num_threads()))
     return out
 
@@ -299,13 +277,10 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(C, C, K, groups=C, padding='same')``, fast on CPU.
 
-    The official ConvMixer's depthwise conv. For odd kernels the padding is
-    stored as the equal integer ``K // 2`` (PyTorch's fast path when this
-    falls back to ``nn.Conv2d``); even kernels keep ``'same'``, which pads
-    one more pixel on the right and bottom. Parameters, state dict and the
-    fallback are exactly ``nn.Conv2d``'s; see the module docstring for when
-    the C kernel runs. Channels_last input is the fast layout; contiguous
-    input is converted there and back.
+    The official ConvMixer's depthwise conv, with ``nn.Conv2d``'s
+    parameters, state dict and fallback. Odd kernels store the padding as
+    the integer ``K // 2`` (PyTorch's fast path); even ones keep ``'same'``
+    (one more pixel right and bottom). Channels_last is the fast layout.
 
     Args:
         channels (int): Input and output channels.
@@ -314,18 +289,11 @@ class DepthwiseConv2d(nn.Conv2d):
         fast (bool): Use the C kernel where it applies. Defaults to True.
     """
 
-    def __init__(self,
-                 channels: int,
-                 kernel_size: int,
-                 bias: bool = True,
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True,
                  fast: bool = True) -> None:
-        super().__init__(
-            channels,
-            channels,
-            kernel_size,
-            groups=channels,
-            padding=kernel_size // 2 if kernel_size % 2 else 'same',
-            bias=bias)
+        padding = kernel_size // 2 if kernel_size % 2 else 'same'
+        super().__init__(channels, channels, kernel_size, groups=channels,
+                         padding=padding, bias=bias)
         self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,7 +301,6 @@ class DepthwiseConv2d(nn.Conv2d):
             return super().forward(x)
         cl = torch.channels_last
         # 'same' pads (K - 1) // 2 on the top and left, the rest after.
-        out = _conv(
-            x.contiguous(memory_format=cl), self.weight.contiguous(),
-            self.bias, (self.kernel_size[0] - 1) // 2)
+        out = _conv(x.contiguous(memory_format=cl), self.weight.contiguous(),
+                    self.bias, (self.kernel_size[0] - 1) // 2)
         return out if x.is_contiguous(memory_format=cl) else out.contiguous()
