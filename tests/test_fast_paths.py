@@ -23,7 +23,7 @@ from convmixer_mm.models import (ConvMixerDataPreprocessor, ConvMixerMM,
                                  fuse_convmixer)
 from convmixer_mm.models import fused as fused_module
 from convmixer_mm.models.fast import FusedConvMixerBlock
-from convmixer_mm.models.ops.dwconv import dwconv_block, kernel_available
+from convmixer_mm.models.ops.dwconv import dwconv_block_, kernel_available
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
@@ -307,9 +307,18 @@ def check_block_kernel(act: str, kernel: int, size: tuple, affine: bool,
         h = conv(xin)
     h = torch.relu(h) if act == 'relu' else F.gelu(h)
     ref = xin + out_scale.view(1, -1, 1, 1) * h
-    out = dwconv_block(x, scale, shift, weight, bias, out_scale, act)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    out = x.clone()
+    assert dwconv_block_(out, scale, shift, weight, bias, out_scale,
+                         act) is None
     assert rel_err(out, ref) < FP32_TOL
+
+
+def test_dwconv_block_kernel_wants_channels_last():
+    """In place, it cannot write into a copy: other layouts are refused."""
+    x = torch.randn(1, 4, 5, 5)
+    w, b = torch.randn(4, 1, 3, 3), torch.randn(4)
+    with pytest.raises(ValueError, match='channels_last'):
+        dwconv_block_(x, None, None, w, b, b, 'relu')
 
 
 @pytest.mark.parametrize('act', ['relu', 'gelu'])
@@ -350,10 +359,10 @@ def test_dwconv_block_kernel_in_bf16(act):
     weight = torch.randn(channels, 1, 7, 7) / 7
     bias, out_scale, scale, shift = (torch.randn(channels)
                                      for _ in range(4))
-    out = dwconv_block(x, scale, shift, weight, bias, out_scale, act)
-    ref = dwconv_block(x.float(), scale, shift, weight, bias, out_scale, act)
+    out, ref = x.clone(), x.float()
+    dwconv_block_(out, scale, shift, weight, bias, out_scale, act)
+    dwconv_block_(ref, scale, shift, weight, bias, out_scale, act)
     assert out.dtype == torch.bfloat16
-    assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, ref.to(torch.bfloat16))  # torch's rounding
 
 
@@ -366,9 +375,9 @@ def test_bf16_autocast_runs_the_block_kernel(monkeypatch):
 
     def counted(*args):
         calls.append(args[0].dtype)
-        return dwconv_block(*args)
+        return dwconv_block_(*args)
 
-    monkeypatch.setattr(fused_module, 'dwconv_block', counted)
+    monkeypatch.setattr(fused_module, 'dwconv_block_', counted)
     model = build_classifier()
     x = torch.randn(2, 3, 32, 32).contiguous(
         memory_format=torch.channels_last)

@@ -7,8 +7,9 @@ to rounding: each act (exact GELU or ReLU) is a oneDNN post-op of its
 conv, and each BN ``x * scale + shift`` an ``addcmul``, the residual
 branch's shift moved into the next 1x1 conv's bias. On CPU with
 channels_last input, fp32 or bf16 autocast, :func:`run_fused` makes it
-two: the C kernel ``dwconv_block`` (which applies the previous BN as it
-reads its input, then the whole residual branch) and the 1x1 conv.
+two: the C kernel ``dwconv_block_`` (which applies the previous BN as it
+reads its input, then the whole residual branch, in place) and the 1x1
+conv.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops.dwconv import dwconv_block
+from .ops.dwconv import dwconv_block_
 
 #: oneDNN post-op names and algorithms of the activations it fuses.
 POST_OPS = {nn.GELU: ('gelu', 'none'), nn.ReLU: ('relu', '')}
@@ -138,7 +139,7 @@ class FusedConvMixerBlock(nn.Module):
         # == W(x + s*h) + (W t + b).
         self.pw.bias += self.pw.weight.flatten(1) @ self.dw.shift.flatten()
         self.dw.shift.zero_()
-        # Tap-major, (K, K, C), as dwconv_block reads them: no copy per call.
+        # Tap-major, (K, K, C), as dwconv_block_ reads them: no copy per call.
         taps = self.dw.weight.permute(2, 3, 1, 0).contiguous()
         self.dw.weight = taps.permute(3, 2, 0, 1)
 
@@ -151,10 +152,10 @@ class FusedConvMixerBlock(nn.Module):
         self, u: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block on ``u * scale + shift``, that BN left pending; the
-        result is pending its own last BN likewise."""
-        r = dwconv_block(u, scale, shift, self.dw.weight, self.dw.bias,
-                         self.dw.scale, self.dw.post_op[0])
-        return self.pw.conv_act(r), self.pw.scale, self.pw.shift
+        result is pending its own last BN likewise. Overwrites ``u``."""
+        dwconv_block_(u, scale, shift, self.dw.weight, self.dw.bias,
+                      self.dw.scale, self.dw.post_op[0])
+        return self.pw.conv_act(u), self.pw.scale, self.pw.shift
 
 
 def run_fused(stem: FusedConvActBN, blocks: Sequence[FusedConvMixerBlock],

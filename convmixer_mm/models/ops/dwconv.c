@@ -556,8 +556,10 @@ void DW_NAME(dwconv_forward)(const DW_T *in, const DW_T *w, const DW_T *bias,
  * BN applied on the way in: x = in * in_scale + in_shift (in_scale NULL:
  * x = in), out = x + out_scale * act(conv(x, w) + bias), zero padding
  * (K - 1) / 2 on the top and left, the rest after. in and out are DW_T,
- * or bfloat16 if bf16 (computed in DW_T). w is tap-major, (K, K, C), so
- * that a tap's weights for a channel block are one vector load. */
+ * or bfloat16 if bf16 (computed in DW_T). out may be in: a task reads
+ * each input row of its channels into its ring before it writes that row
+ * of the output. w is tap-major, (K, K, C), so that a tap's weights for a
+ * channel block are one vector load. */
 void DW_NAME(dwconv_block)(const void *in, const DW_T *in_scale,
                            const DW_T *in_shift, const DW_T *w,
                            const DW_T *bias, const DW_T *out_scale, int act,

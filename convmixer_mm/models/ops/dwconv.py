@@ -233,7 +233,7 @@ BLOCK_ACTS = {'relu': 1, 'gelu': 2}
 
 
 def block_kernel_applies(x: torch.Tensor) -> bool:
-    """Whether :func:`dwconv_block` runs on ``x``: channels_last CPU input,
+    """Whether :func:`dwconv_block_` runs on ``x``: channels_last CPU input,
     fp32 outside autocast or bf16 autocast, with the kernel built."""
     dtype = torch.get_autocast_dtype('cpu') \
         if torch.is_autocast_enabled('cpu') else x.dtype
@@ -244,21 +244,24 @@ def block_kernel_applies(x: torch.Tensor) -> bool:
             and kernel_available())
 
 
-@torch.library.custom_op('convmixer_mm::dwconv_block', mutates_args=())
-def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
-                 in_shift: Optional[torch.Tensor], weight: torch.Tensor,
-                 bias: torch.Tensor, out_scale: torch.Tensor,
-                 act: str) -> torch.Tensor:
-    """An eval-mode ConvMixer residual branch and its sum, in one pass.
+@torch.library.custom_op('convmixer_mm::dwconv_block_', mutates_args=('x',))
+def dwconv_block_(x: torch.Tensor, in_scale: Optional[torch.Tensor],
+                  in_shift: Optional[torch.Tensor], weight: torch.Tensor,
+                  bias: torch.Tensor, out_scale: torch.Tensor,
+                  act: str) -> None:
+    """An eval-mode ConvMixer residual branch and its sum, in place.
 
     With ``x' = x * in_scale + in_shift`` per channel (the previous BN;
-    none if ``in_scale`` is None), returns ``x' + out_scale * act(conv(x',
-    weight) + bias)``, the depthwise conv zero-padded ``'same'``, ``act``
-    ``'relu'`` or ``'gelu'`` (exact). fp32 or bf16 in and out, computed in
-    fp32; inference only (see :func:`block_kernel_applies`).
+    none if ``in_scale`` is None), overwrites ``x`` with ``x' + out_scale
+    * act(conv(x', weight) + bias)``, the depthwise conv zero-padded
+    ``'same'``, ``act`` ``'relu'`` or ``'gelu'`` (exact). fp32 or bf16,
+    channels_last contiguous, computed in fp32; inference only (see
+    :func:`block_kernel_applies`). In place because the kernel has read
+    each input row into its ring before it writes that row: no new 8 MB
+    activation per block, whose fresh pages cost more than the write.
     """
-    x = x.contiguous(memory_format=torch.channels_last)
-    out = torch.empty_like(x, memory_format=torch.channels_last)
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError('dwconv_block_ needs a channels_last contiguous x')
     kernel_size = weight.shape[-1]
     # The kernel wants the weights tap-major, (K, K, C): a view without a
     # copy of weights stored so (FusedConvMixerBlock does).
@@ -268,10 +271,9 @@ def dwconv_block(x: torch.Tensor, in_scale: Optional[torch.Tensor],
         for t in (in_scale, in_shift, taps, bias, out_scale))
     _library().dwconv_block_f32(
         _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(taps), _ptr(bias),
-        _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(out), *_dims(x),
+        _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(x), *_dims(x),
         ctypes.c_int(kernel_size), ctypes.c_int(x.dtype == torch.bfloat16),
         ctypes.c_int(torch.get_num_threads()))
-    return out
 
 
 class DepthwiseConv2d(nn.Conv2d):
