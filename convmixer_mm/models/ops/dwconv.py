@@ -261,7 +261,9 @@ def dwconv_block_(x: torch.Tensor, in_scale: Optional[torch.Tensor],
     activation per block, whose fresh pages cost more than the write.
     """
     if not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError('dwconv_block_ needs a channels_last contiguous x')
+        raise ValueError(
+            'dwconv_block_ writes into x, which must be channels_last '
+            'contiguous: pass x.contiguous(memory_format=torch.channels_last)')
     kernel_size = weight.shape[-1]
     # The kernel wants the weights tap-major, (K, K, C): a view without a
     # copy of weights stored so (FusedConvMixerBlock does).
