@@ -129,6 +129,31 @@ def test_fused_cache_follows_training_and_loading():
         torch.testing.assert_close(clone(x, mode='tensor'), third)
 
 
+@pytest.mark.parametrize('built_inside', [False, True])
+def test_default_eval_path_under_inference_mode(built_inside):
+    """torch.inference_mode (PyTorch's advice for inference) runs the fused
+    path too, also for a model built under it, whose tensors have no
+    version counter; the C block kernel writes into inference tensors."""
+    x = torch.randn(2, 3, 32, 32).contiguous(
+        memory_format=torch.channels_last)
+    if built_inside:
+        with torch.inference_mode():
+            model = build_classifier().eval()
+    else:
+        model = build_classifier().eval()
+    ref = unfused(model, x) if not built_inside else None
+    with torch.inference_mode():
+        out = model(x, mode='tensor')
+        assert '_fused' in model.backbone.__dict__
+        plain = model(x.contiguous(), mode='tensor')  # the oneDNN-only path
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            half = model(x, mode='tensor')
+    assert rel_err(plain, out) < FP32_TOL
+    assert rel_err(half, out) < BF16_TOL
+    if ref is not None:
+        assert rel_err(out, ref) < FP32_TOL
+
+
 def test_default_eval_path_with_compile_and_with_cp():
     model = build_classifier()
     x = torch.randn(2, 3, 32, 32)

@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 from .fused import (FusedConvActBN, FusedConvMixerBlock, fusion_problem,
-                    run_fused)
+                    run_fused, storage_key)
 from .ops import DepthwiseConv2d
 from .ops.act_bn import act_bn
 from .ops.dwconv import block_kernel_applies
@@ -308,9 +308,8 @@ class ConvMixerMM(BaseBackbone):
                 or torch.compiler.is_compiling() \
                 or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
             return None
-        key = tuple((t.data_ptr(), t._version)
-                    for t in itertools.chain(self.parameters(),
-                                             self.buffers()))
+        key = tuple(storage_key(t) for t in
+                    itertools.chain(self.parameters(), self.buffers()))
         cached = self.__dict__.get('_fused')
         if cached is None or cached[0] != key:
             triples = [self.stem] + [b[0].fn for b in self.stages] + \

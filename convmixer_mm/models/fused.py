@@ -23,6 +23,14 @@ from .ops.dwconv import dwconv_block_
 POST_OPS = {nn.GELU: ('gelu', 'none'), nn.ReLU: ('relu', '')}
 
 
+def storage_key(t: torch.Tensor) -> Tuple[int, int]:
+    """``t``'s storage and version, which an in-place change, ``.to()`` or
+    ``load_state_dict`` changes. A tensor made under
+    ``torch.inference_mode`` has no version counter: an in-place change to
+    it goes unseen (change weights outside inference mode)."""
+    return t.data_ptr(), 0 if t.is_inference() else t._version
+
+
 def fusion_problem(conv: nn.Conv2d, act: nn.Module, bn: nn.Module) -> str:
     """Why ``bn(act(conv(x)))`` cannot be fused, or '' if it can."""
     if type(act) not in POST_OPS or \
@@ -101,8 +109,7 @@ class FusedConvActBN(nn.Module):
         (a plain one is reordered per call, costly at small batches) and
         keyed on its storage and version, which ``.to()`` and
         ``load_state_dict`` change."""
-        key = (tuple(x.shape), x.dtype, self.weight.data_ptr(),
-               self.weight._version)
+        key = (tuple(x.shape), x.dtype, storage_key(self.weight))
         if key not in self._packed:
             padding, stride, dilation, groups = self.conv_args
             self._packed.clear()
