@@ -271,7 +271,7 @@ def dwconv_block_(x: torch.Tensor, in_scale: Optional[torch.Tensor],
     in_scale, in_shift, taps, bias, out_scale = (
         None if t is None else t.float().contiguous()
         for t in (in_scale, in_shift, taps, bias, out_scale))
-    _library().dwconv_block_f32(
+    _kernel('dwconv_block', torch.float32)(
         _ptr(x), _ptr(in_scale), _ptr(in_shift), _ptr(taps), _ptr(bias),
         _ptr(out_scale), ctypes.c_int(BLOCK_ACTS[act]), _ptr(x), *_dims(x),
         ctypes.c_int(kernel_size), ctypes.c_int(x.dtype == torch.bfloat16),
