@@ -171,7 +171,16 @@ def test_default_eval_path_with_compile_and_with_cp():
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_fuse_matches_unfused_fp32(channels_last):
+def test_fuse_matches_unfused_fp32(channels_last, monkeypatch):
+    """channels_last input takes the C block kernel, as without
+    fuse_convmixer; contiguous input the oneDNN-only blocks."""
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return dwconv_block_(*args)
+
+    monkeypatch.setattr(fused_module, 'dwconv_block_', counted)
     model = build_classifier()
     x = torch.randn(3, 3, 32, 32)
     ref = unfused(model, x)
@@ -182,6 +191,8 @@ def test_fuse_matches_unfused_fp32(channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         out = fused(x, mode='tensor')
     assert isinstance(fused.backbone.stages[0], FusedConvMixerBlock)
+    expected = TINY['depth'] if channels_last and kernel_available() else 0
+    assert len(calls) == expected
     assert rel_err(out, ref) < FP32_TOL
     # The check is sharp enough to see a dropped BN shift.
     fused.backbone.stages[0].pw.bias.add_(0.1)

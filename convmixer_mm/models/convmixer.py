@@ -302,11 +302,17 @@ class ConvMixerMM(BaseBackbone):
         The copies are cached with the storage and version of every
         parameter and buffer, so an optimizer step, ``load_state_dict``,
         ``.to()`` or a BN update in train mode all rebuild them. Exports and
-        compilation trace the plain modules.
+        compilation trace the plain modules. A backbone that
+        ``fuse_convmixer`` fused for good returns its own modules, so that
+        it takes the C block kernel too.
         """
-        if self.training or not self.fuse_eval or torch.is_grad_enabled() \
+        if self.training or torch.is_grad_enabled() \
                 or torch.compiler.is_compiling() \
                 or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            return None
+        if isinstance(self.stem, FusedConvActBN):
+            return self.stem, list(self.stages)
+        if not self.fuse_eval:
             return None
         key = tuple(storage_key(t) for t in
                     itertools.chain(self.parameters(), self.buffers()))
