@@ -55,7 +55,8 @@ def _parser(test: bool) -> argparse.ArgumentParser:
     add('config', help='config file')
     if test:
         add('checkpoint', help='checkpoint file')
-    add('--work-dir', help='the dir for logs and checkpoints')
+    add('--work-dir', help='the dir for logs (and checkpoints when '
+        'training)')
     add('--amp', action='store_true',
         help='mixed precision: fp16 (or optim_wrapper.dtype) on GPU, bf16 '
         'on CPU')
